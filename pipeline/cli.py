@@ -1,0 +1,99 @@
+"""`pipeline` command line: train, eval, models, make-demo-data, check-data, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Distributed ResNet training on ImageNet-style data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train a model (defaults: the demo job)"),
+                       ("eval", "evaluate a checkpoint on the validation split")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", "-c", help="YAML config file (e.g. configs/imagenet/resnet50.yaml)")
+        if name == "eval":
+            p.add_argument("--checkpoint", help="checkpoint file (default: newest in trainer.run_dir)")
+        p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    sub.add_parser("models", help="list registry models with parameter counts")
+    p = sub.add_parser("make-demo-data", help="write the demo dataset (real JPEGs, ImageNet layout)")
+    p.add_argument("dir", help="output folder")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    # Errors re-raised from DataLoader workers carry the worker traceback: its last line is the cause.
+    last = lines[-1]
+    return last.split(": ", 1)[1] if len(lines) > 1 and ": " in last and "Error" in last.split(": ", 1)[0] else lines[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        if args.command == "models":
+            return _models()
+        if args.command == "make-demo-data":
+            from pipeline.data.demo import make_demo_data
+
+            root = Path(args.dir)
+            if root.exists() and any(root.iterdir()):
+                print(f"error: {root} already exists and is not empty", file=sys.stderr)
+                return EXIT_FAILED
+            make_demo_data(root)
+            print(f"demo dataset written to {root}")
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "train":
+            from pipeline.train import run_training
+
+            _, code = run_training(cfg)
+            return code
+        if args.command == "eval":
+            from pipeline.evaluate import run_eval
+
+            print(json.dumps(run_eval(cfg, args.checkpoint)))
+            return 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line for the user; PIPELINE_DEBUG=1 for the trace
+        import os
+
+        from pipeline.distributed import world_info_from_env
+
+        if os.environ.get("PIPELINE_DEBUG"):
+            raise
+        rank = world_info_from_env().rank
+        prefix = f"error (rank {rank})" if world_info_from_env().world_size > 1 else "error"
+        print(f"{prefix}: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    return 0
+
+
+def _models() -> int:
+    from pipeline.config import ModelConfig
+    from pipeline.models import build_model, count_parameters, get_spec, model_names
+
+    for name in model_names():
+        spec = get_spec(name)
+        n = count_parameters(build_model(ModelConfig(name=name)))
+        print(f"{name:<20} {n:>12,}  {spec.family:<8} {spec.default_classes:>4} classes  {spec.paper}")
+    print("timm/<name>          any timm model, e.g. timm/resnet50d")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

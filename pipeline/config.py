@@ -1,0 +1,323 @@
+"""Typed configuration: one dataclass per component, composed into `RootConfig`.
+
+Precedence: dataclass defaults < YAML file(s) < dotted CLI overrides (`optim.lr=0.2`).
+OmegaConf does the merging and type conversion; this module adds the error messages a
+user needs (the bad key, the closest valid key) and returns frozen dataclasses, so
+nothing downstream can patch the config at run time (runtime facts live in
+`pipeline.runtime.Runtime`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "resnet18"  # a registry name (`pipeline models`) or timm/<name>
+    num_classes: int = 0  # 0: the number of classes in the dataset (or the model family default)
+    # ImageNet bottleneck stride placement: "v1.5" strides the 3x3 (torchvision), "v1" the first 1x1.
+    variant: str = "v1.5"
+    # Shortcut projection (He 2015): A zero-pad, B project where the shape changes, C project always.
+    # Empty: the model's own default (A for CIFAR ResNets, B for ImageNet ones).
+    projection: str = ""
+    # Identity-mapping ablations (He 2016, Table 1): identity | scaling | gating | shortcut_gating |
+    # conv1x1 | dropout | none (plain network). The registry's per-model default is used when empty.
+    shortcut: str = ""
+    # Activation placement (He 2016, Table 2): original | bn_after_add | relu_before_add |
+    # relu_only_preact | full_preact. The registry's per-model default is used when empty.
+    activation: str = ""
+    shortcut_scale: float = 0.5  # "scaling": multiplier of the shortcut path
+    residual_scale: float = 0.5  # "scaling": multiplier of the residual path
+    gate_bias_init: float = -6.0  # "gating"/"shortcut_gating": 1x1 conv gate bias at init
+    shortcut_dropout: float = 0.5  # "dropout": drop probability on the shortcut
+    zero_init_last: bool = False  # zero the last BN gamma of each residual branch (Goyal 2017)
+    drop_rate: float = 0.0  # dropout before the classifier
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # auto | torchvision | dali | synthetic. auto: DALI when importable (GPU "mixed" decode on a
+    # GPU, CPU decode without one), else torchvision.
+    backend: str = "auto"
+    dataset: str = "imagefolder"  # imagefolder (train/<class>/*, val/<class>/*) | cifar10 | synthetic
+    path: str = "data/demo"
+    make_demo: bool = True  # create the demo dataset at data.path when it is missing
+    batch_size: int = 64  # per process
+    val_batch_size: int = 0  # 0: same as batch_size
+    image_size: int = 64  # the defaults are the demo job; configs/imagenet/* use 224
+    crop_fraction: float = 0.875  # val: resize shorter side to image_size / crop_fraction, center crop
+    scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
+    hflip: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    workers: int = 2  # loader processes per rank (torchvision) / threads (DALI)
+    cifar_holdout: int = 0  # >0: validate on the last N training images (paper: 5000), not the test set
+    synthetic_samples: int = 1024  # per epoch, per rank, for dataset=synthetic
+    # What a corrupt or unreadable image does during training: "fail" stops with its path,
+    # "skip" replaces it with the next readable image and counts a warning.
+    on_bad_image: str = "fail"
+    mixup: float = 0.0  # timm Mixup alpha; 0 disables
+    cutmix: float = 0.0  # timm CutMix alpha; 0 disables
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # sgd | lars | lamb (timm)
+    lr: float = 0.1
+    # Linear scaling rule (Goyal 2017): the LR used is lr * global_batch / base_batch, so `lr` is
+    # "per 256 images" by default; 0 uses lr as given.
+    base_batch: int = 256
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases
+    schedule: str = "cosine"  # cosine | step | multistep | constant
+    milestones: tuple[int, ...] = (30, 60)  # multistep: epochs (or iterations, see milestones_in)
+    milestones_in: str = "epochs"  # epochs | steps
+    step_size: int = 30  # step: epochs between decays
+    gamma: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+    warmup_epochs: float = 1.0
+    warmup_steps: int = 0  # added to warmup_epochs (converted to steps)
+    warmup_lr: float = 0.0  # lr at the start of the linear warmup
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 disables
+    accumulation: int = 1  # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 15
+    max_steps: int = 0  # >0: stop after this many optimizer steps (schedule still spans epochs)
+    precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    compile_cache_dir: str = ""  # TORCHINDUCTOR_CACHE_DIR when set
+    device: str = "auto"  # auto | cpu | cuda
+    engine: str = "auto"  # auto (ddp when world > 1, else single) | single | ddp | deepspeed
+    run_dir: str = "runs/default"
+    resume: str = "auto"  # auto (newest valid checkpoint in run_dir) | never | <path>
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads per process; 0 = cores / local processes
+    log_every: int = 10  # steps between host syncs for metrics
+    eval_every: int = 1  # epochs between validations (the last epoch always validates)
+    checkpoint_every: int = 0  # steps between checkpoints (0: end of each epoch only)
+    keep_checkpoints: int = 2
+    ema_decay: float = 0.0  # >0: keep a timm ModelEmaV3 and validate it too
+    nonfinite_patience: int = 3  # consecutive non-finite losses (checked at log steps) before stopping
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    timeout_s: int = 600  # collective timeout: a hung rank ends the job after this
+    sync_bn: bool = False  # SyncBatchNorm (GPU only)
+    find_unused_parameters: bool = False
+    bucket_cap_mb: int = 25
+    deepspeed_config: str = ""  # a user JSON (configs/deepspeed/...) instead of the generated one
+    zero_stage: int = 0
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled | auto
+    project: str = "resnet-pipeline"
+    entity: str = ""
+    group: str = ""
+    job_type: str = "train"
+    tags: tuple[str, ...] = ()
+    notes: str = ""
+    log_checkpoints: bool = False
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    progress: str = "auto"  # auto (bar on a terminal, lines otherwise) | bar | lines | none
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(frozen=True)
+class RootConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Published result this config should reproduce: {metric, value, source}; free-form by design.
+    expected: dict[str, Any] = field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A config problem to report as one line (the CLI exits with code 2)."""
+
+
+def _all_keys() -> dict[str, Any]:
+    # Resolve string annotations (from __future__ import annotations) to classes.
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        hints = {f.name: f for f in dataclasses.fields(cls)}
+        defaults = cls()
+        for name in hints:
+            value = getattr(defaults, name)
+            dotted = f"{prefix}{name}"
+            out[dotted] = value
+            if dataclasses.is_dataclass(value):
+                out.update(walk(type(value), dotted + "."))
+        return out
+
+    return walk(RootConfig, "")
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        dotted = f"{prefix}{k}"
+        keys.append(dotted)
+        if isinstance(v, dict) and dotted != "expected":
+            keys.extend(_flatten(v, dotted + "."))
+    return keys
+
+
+def _check_keys(keys: list[str], source: str) -> None:
+    valid = _all_keys()
+    for key in keys:
+        if key in valid or key.startswith("expected."):
+            continue
+        close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+        if not close:  # a typo in the last component: compare within the same section
+            section, _, leaf = key.rpartition(".")
+            siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
+            leaf_match = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.4)
+            close = [f"{section}.{leaf_match[0]}" if section else leaf_match[0]] if leaf_match else []
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config; a top-level `base:` (path or list, relative to the file) is merged first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file includes itself: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    bases = tree.pop("base", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _deep_merge(merged, _read_yaml(path.parent / base, seen + (path.resolve(),)))
+    return _deep_merge(merged, tree)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, _, raw = item.partition("=")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict:
+    tree: Any = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RootConfig:
+    """Build the frozen root config from defaults, an optional YAML file and dotted overrides."""
+    layers: list[tuple[str, dict]] = []
+    if config_file:
+        tree = _read_yaml(Path(config_file))
+        _check_keys(_flatten(tree), str(config_file))
+        layers.append((str(config_file), tree))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_keys([key], "command-line overrides")
+        layers.append((f"override '{item}'", _nest(key, value)))
+
+    merged = OmegaConf.structured(RootConfig)
+    for source, tree in layers:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(tree))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", "") or "?"
+            expected = _all_keys().get(key)
+            kind = type(expected).__name__ if expected is not None else "a different type"
+            raise ConfigError(
+                f"config key '{key}' from {source} has the wrong type: expected {kind}, "
+                f"got {getattr(exc, 'msg', str(exc)).splitlines()[0]}"
+            ) from None
+    cfg: RootConfig = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.backend": ("auto", "torchvision", "dali", "synthetic"),
+    "data.dataset": ("imagefolder", "cifar10", "synthetic"),
+    "data.on_bad_image": ("fail", "skip"),
+    "optim.name": ("sgd", "lars", "lamb"),
+    "optim.schedule": ("cosine", "step", "multistep", "constant"),
+    "optim.milestones_in": ("epochs", "steps"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
+    "logging.progress": ("auto", "bar", "lines", "none"),
+    "logging.wandb.mode": ("online", "offline", "disabled", "auto"),
+    "model.variant": ("v1", "v1.5"),
+    "model.projection": ("", "A", "B", "C"),
+}
+
+
+def get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RootConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = get(cfg, key)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key '{key}' is '{value}', expected one of {', '.join(choices)}{hint}")
+    positive = ("data.batch_size", "data.image_size", "optim.accumulation", "trainer.log_every", "trainer.epochs")
+    for key in positive:
+        if get(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
+    if cfg.distributed.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"config key 'distributed.zero_stage' must be 0, 1 or 2, got {cfg.distributed.zero_stage}")
+
+
+def to_dict(cfg: RootConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: RootConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

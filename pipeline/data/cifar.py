@@ -1,0 +1,65 @@
+"""CIFAR-10 in its standard python format (cifar-10-batches-py: data_batch_1..5, test_batch)."""
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from pipeline.config import DataConfig
+from pipeline.data.folder import DataError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _read_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 file not found: {path}")
+        with open(path, "rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")  # the official format is a pickle of arrays
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch[b"labels"])
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+
+def _find_root(path: Path) -> Path:
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "data_batch_1").is_file():
+            return candidate
+    raise DataError(f"CIFAR-10 python batches not found in {path} (expected data_batch_1..5 and test_batch)")
+
+
+class TensorImages(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+        self.classes = [str(i) for i in range(int(labels.max()) + 1)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        torch.manual_seed(seed)
+        random.seed(seed)
+        img = self.images[index]
+        return (self.transform(img) if self.transform else img), int(self.labels[index]), 0
+
+
+def cifar_datasets(cfg: DataConfig) -> tuple[TensorImages, TensorImages]:
+    root = _find_root(Path(cfg.path))
+    train_x, train_y = _read_batches(root, [f"data_batch_{i}" for i in range(1, 6)])
+    # He 2015: pad 4 pixels, random 32x32 crop, horizontal flip.
+    augment = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(cfg.hflip)])
+    if cfg.cifar_holdout > 0:  # the paper's 45k/5k split: validate on the last images of train
+        n = len(train_y) - cfg.cifar_holdout
+        return (TensorImages(train_x[:n], train_y[:n], augment),
+                TensorImages(train_x[n:], train_y[n:], None))
+    test_x, test_y = _read_batches(root, ["test_batch"])
+    return TensorImages(train_x, train_y, augment), TensorImages(test_x, test_y, None)

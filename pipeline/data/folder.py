@@ -1,0 +1,119 @@
+"""ImageNet folder layout (`train/<class>/*`, `val/<class>/*`) decoded with PIL through torchvision.
+
+Images leave the workers as uint8 CHW tensors; normalization happens on the device (see
+`pipeline.data.loader`), which moves 4x fewer bytes than float tensors and is what DALI does too.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from pipeline.config import DataConfig
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class DataError(RuntimeError):
+    """A dataset problem to report as one line: missing folder, empty class, undecodable file."""
+
+
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted folder names) and (path, label) samples; empty class folders are an error."""
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}")
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    if not classes:
+        raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(
+            f.path for f in os.scandir(root / name) if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            raise DataError(f"class folder {root / name} has no images")
+        samples.extend((path, label) for path in files)
+    return classes, samples
+
+
+def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
+    """Decode any PIL-readable image (CMYK, grayscale, 16-bit, palette) to 8-bit RGB."""
+    with open(path, "rb") as fh:
+        img = Image.open(fh)
+        if draft_size and img.format == "JPEG":
+            # JPEG DCT-domain downscaling: decode at the smallest 1/2^k scale still >= draft_size.
+            img.draft("RGB", (draft_size, draft_size))
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            img = img.point(lambda v: v / 256).convert("L")  # 16-bit: keep the top 8 bits
+        img = img.convert("RGB")
+        img.load()
+    return img
+
+
+def train_transform(cfg: DataConfig) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), antialias=True),
+        v2.RandomHorizontalFlip(cfg.hflip),
+        v2.PILToTensor(),
+    ])
+
+
+def val_transform(cfg: DataConfig) -> v2.Compose:
+    resize = round(cfg.image_size / cfg.crop_fraction)  # 224 / 0.875 = 256
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(cfg.image_size), v2.PILToTensor()])
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Indexed by (index, augmentation seed) pairs from `ShardPlan.batches`.
+
+    Returns (image uint8 CHW, label, replaced) where replaced=1 marks an undecodable file that was
+    swapped for the next readable one under on_bad_image=skip.
+    """
+
+    def __init__(self, root: Path, transform, on_bad_image: str = "fail", draft_size: int | None = None) -> None:
+        self.root = root
+        self.classes, self.samples = scan_folder(root)
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        # Seed per sample: the crop and flip depend on (run seed, epoch, index) only, so a resumed
+        # run and a run with a different number of workers see identical augmentations.
+        torch.manual_seed(seed)
+        random.seed(seed)
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                img = load_rgb(path, self.draft_size)
+            except _DECODE_ERRORS as exc:
+                if self.on_bad_image == "fail":
+                    raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
+                print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
+                continue
+            return self.transform(img), label, int(attempt > 0)
+        raise DataError(f"no readable image in {self.root}")
+
+
+def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:
+    root = Path(cfg.path)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and {root}/val/<class>/)")
+    train = FolderDataset(root / "train", train_transform(cfg), cfg.on_bad_image)
+    val = FolderDataset(root / "val", val_transform(cfg), cfg.on_bad_image)
+    if val.classes != train.classes:
+        missing = sorted(set(train.classes) ^ set(val.classes))[:3]
+        raise DataError(f"train and val class folders differ in {root} (e.g. {', '.join(missing)})")
+    return train, val

@@ -1,0 +1,173 @@
+"""One batch interface for every backend, and the factory that picks the backend.
+
+A loader yields (images, labels) already on the training device: images float32, normalized,
+NCHW or channels_last as the model wants; labels int64. `set_epoch(epoch, start_step)` selects
+the epoch's order and where in it to start (mid-epoch resume).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.data.sampler import ShardPlan
+
+
+class BatchLoader(Protocol):
+    num_samples: int  # images in the split, all ranks together
+    backend: str
+
+    def steps_per_epoch(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class Placement:
+    """Where and in which layout batches must arrive (from the runtime, not the config)."""
+
+    device: torch.device
+    channels_last: bool
+    rank: int = 0
+    world_size: int = 1
+
+
+class Normalizer:
+    """uint8 NCHW -> normalized float on the device; the copy is async from pinned memory."""
+
+    def __init__(self, mean, std, placement: Placement) -> None:
+        self.device = placement.device
+        self.memory_format = torch.channels_last if placement.channels_last else torch.contiguous_format
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+
+class TorchLoader:
+    """A torch DataLoader over a map-style dataset, batches chosen by a ShardPlan."""
+
+    backend = "torchvision"
+
+    def __init__(self, dataset, plan: ShardPlan, cfg: DataConfig, placement: Placement) -> None:
+        self.dataset, self.plan = dataset, plan
+        self.num_samples = len(dataset)
+        self.normalize = Normalizer(cfg.mean, cfg.std, placement)
+        self.workers = cfg.workers
+        self.pin = placement.device.type == "cuda"
+        self.replaced_images = 0  # undecodable files swapped out under on_bad_image=skip
+        self._epoch, self._start = 0, 0
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch()
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self._epoch, self._start = epoch, start_step
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.plan.batches(self._epoch, self._start),
+            num_workers=self.workers,
+            pin_memory=self.pin,
+            prefetch_factor=4 if self.workers else None,
+        )
+        for images, labels, replaced in loader:
+            if self.workers == 0 or replaced.any():
+                self.replaced_images += int(replaced.sum())
+            yield self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+
+
+class SyntheticLoader:
+    """Random tensors resident on the device: measures the model, not the input pipeline."""
+
+    backend = "synthetic"
+
+    def __init__(self, cfg: DataConfig, num_classes: int, placement: Placement, train: bool, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed + placement.rank)
+        fmt = torch.channels_last if placement.channels_last else torch.contiguous_format
+        shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
+        self.images = torch.randn(shape, generator=gen).to(placement.device).contiguous(memory_format=fmt)
+        self.labels = torch.randint(0, num_classes, (cfg.batch_size,), generator=gen).to(placement.device)
+        per_rank = max(1, cfg.synthetic_samples // cfg.batch_size) if train else 1
+        self._steps, self._start = per_rank, 0
+        self.num_samples = per_rank * cfg.batch_size * placement.world_size
+
+    def steps_per_epoch(self) -> int:
+        return self._steps
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self._start = start_step
+
+    def __iter__(self):
+        for _ in range(self._start, self._steps):
+            yield self.images, self.labels
+
+
+@dataclass
+class DataBundle:
+    train: BatchLoader
+    val: BatchLoader
+    num_classes: int
+    backend: str
+    classes: list[str]
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def resolve_backend(cfg: DataConfig) -> str:
+    if cfg.dataset == "synthetic" or cfg.backend == "synthetic":
+        return "synthetic"
+    if cfg.backend == "auto":
+        # DALI reads the ImageNet folder layout; CIFAR's in-memory arrays stay on torchvision.
+        return "dali" if cfg.dataset == "imagefolder" and dali_available() else "torchvision"
+    return cfg.backend
+
+
+def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: int = 0) -> DataBundle:
+    """Build the train and val loaders for this rank."""
+    backend = resolve_backend(cfg)
+    if backend == "synthetic":
+        classes = num_classes or 1000
+        return DataBundle(SyntheticLoader(cfg, classes, placement, True, seed),
+                          SyntheticLoader(cfg, classes, placement, False, seed + 1),
+                          classes, backend, [str(i) for i in range(classes)])
+    if cfg.dataset == "imagefolder" and cfg.make_demo and not Path(cfg.path).exists():
+        from pipeline.data.demo import make_demo_data
+
+        if placement.rank == 0 or placement.world_size == 1:
+            make_demo_data(Path(cfg.path))
+        _barrier(placement)
+    if backend == "dali":
+        from pipeline.data.dali import dali_loaders
+
+        return dali_loaders(cfg, placement, seed)
+    if cfg.dataset == "cifar10":
+        from pipeline.data.cifar import cifar_datasets
+
+        train_set, val_set = cifar_datasets(cfg)
+    else:
+        from pipeline.data.folder import folder_datasets
+
+        train_set, val_set = folder_datasets(cfg)
+    val_batch = cfg.val_batch_size or cfg.batch_size
+    train_plan = ShardPlan(len(train_set), placement.rank, placement.world_size, cfg.batch_size, True, seed)
+    val_plan = ShardPlan(len(val_set), placement.rank, placement.world_size, val_batch, False, seed)
+    return DataBundle(TorchLoader(train_set, train_plan, cfg, placement),
+                      TorchLoader(val_set, val_plan, cfg, placement),
+                      len(train_set.classes), "torchvision", list(train_set.classes))
+
+
+def _barrier(placement: Placement) -> None:
+    if placement.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()

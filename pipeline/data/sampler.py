@@ -1,0 +1,68 @@
+"""Global-rank sharding with epoch-seeded shuffling and per-sample augmentation seeds.
+
+Every backend that reads files draws its order from here, so a run is reproducible for a given
+seed, resumable mid-epoch (start at any step), and the same images go to the same ranks whatever
+the number of loader workers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads nearby (seed, epoch, index) apart
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample augmentation seed: a function of (run seed, epoch, sample), not of the worker."""
+    return ((seed * 1_000_003 + epoch) * _MIX + index) % (2**63 - 1)
+
+
+@dataclass
+class ShardPlan:
+    """Which samples one rank sees in one epoch.
+
+    Training (`train=True`) shuffles with a generator seeded by (seed, epoch), pads the order to a
+    multiple of world_size * batch_size by wrapping (so every rank runs the same number of steps,
+    which DDP needs) and drops nothing. Validation keeps the natural order and gives rank r the
+    indices r, r+world, ... with no padding: every image is seen exactly once across ranks.
+    """
+
+    num_samples: int
+    rank: int
+    world_size: int
+    batch_size: int
+    train: bool
+    seed: int = 0
+    drop_last: bool = False  # train: drop the incomplete global batch instead of wrapping around
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError("cannot shard an empty dataset")
+
+    def steps_per_epoch(self) -> int:
+        if not self.train:
+            return -(-len(range(self.rank, self.num_samples, self.world_size)) // self.batch_size)
+        global_batch = self.world_size * self.batch_size
+        if self.drop_last:
+            return max(1, self.num_samples // global_batch)
+        return -(-self.num_samples // global_batch)
+
+    def indices(self, epoch: int) -> list[int]:
+        if not self.train:
+            return list(range(self.rank, self.num_samples, self.world_size))
+        gen = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
+        order = torch.randperm(self.num_samples, generator=gen).tolist()
+        total = self.steps_per_epoch() * self.world_size * self.batch_size
+        while len(order) < total:  # wrap (like DistributedSampler's padding) so all ranks step equally
+            order += order[: total - len(order)]
+        return order[:total][self.rank :: self.world_size]
+
+    def batches(self, epoch: int, start_step: int = 0) -> list[list[tuple[int, int]]]:
+        """Batches of (index, augmentation seed) for this rank, from `start_step` on."""
+        idx = self.indices(epoch)
+        out = []
+        for step in range(start_step, self.steps_per_epoch()):
+            chunk = idx[step * self.batch_size : (step + 1) * self.batch_size]
+            out.append([(i, sample_seed(self.seed, epoch, i)) for i in chunk])
+        return out

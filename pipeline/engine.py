@@ -1,0 +1,94 @@
+"""Engines: how a micro-batch becomes gradients and an optimizer step.
+
+`wrap_model` applies every wrapper in one fixed order. `TorchEngine` covers one process and DDP;
+`pipeline.deepspeed_engine.DeepSpeedEngine` has the same methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.config import RootConfig
+from pipeline.runtime import Runtime
+
+
+def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Module, nn.Module]:
+    """Return (model to train, the bare module). Order matters:
+
+    1. SyncBatchNorm: replaces BN modules, so before anything captures them (GPU only: the
+       CPU/gloo path has no SyncBN kernel).
+    2. device + channels_last: parameters must be in their final place and layout before the
+       optimizer and DDP see them (DDP buckets are views of the parameters).
+    3. torch.compile on the bare module: DDP then wraps the compiled module, and its bucket hooks
+       stay outside the graph.
+    4. DDP last: it must see the final parameters.
+    """
+    if cfg.distributed.sync_bn and rt.world.world_size > 1:
+        if rt.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            warnings.warn("distributed.sync_bn ignored: SyncBatchNorm runs only on GPUs", stacklevel=2)
+    model = model.to(rt.device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    bare = model
+    if cfg.trainer.compile:
+        if cfg.trainer.compile_cache_dir:
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
+        model = torch.compile(model)
+    if rt.engine == "ddp":
+        model = DistributedDataParallel(
+            model,
+            device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            bucket_cap_mb=cfg.distributed.bucket_cap_mb,
+            find_unused_parameters=cfg.distributed.find_unused_parameters,
+            gradient_as_bucket_view=True,  # grads alias the all-reduce buckets: no copy per step
+        )
+    return model, bare
+
+
+class TorchEngine:
+    """Single process or DDP: autocast forward, (scaled) backward, clip, step."""
+
+    def __init__(self, model: nn.Module, bare: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
+                 grad_clip: float) -> None:
+        self.model, self.module, self.optimizer, self.rt = model, bare, optimizer, rt
+        self.grad_clip = grad_clip
+        # fp16 needs loss scaling against underflow; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.use_autocast)
+
+    def micro_step(self, images: torch.Tensor, targets: torch.Tensor, loss_fn, last_micro: bool,
+                   accumulation: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch; steps the optimizer on the last one."""
+        # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
+        sync = self.model.no_sync() if (self.rt.engine == "ddp" and not last_micro) else contextlib.nullcontext()
+        with sync:
+            with self.autocast():
+                loss = loss_fn(self.model(images), targets)
+            self.scaler.scale(loss / accumulation).backward()
+        if last_micro:
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def state_dict(self) -> dict:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
