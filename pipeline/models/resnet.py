@@ -126,7 +126,7 @@ class ResidualBlock(nn.Module):
             if act == "full_preact":
                 out = conv(out if i == 1 else self.relu(bn(out)))  # unit 1's BN-ReLU is done in forward
             elif act == "relu_only_preact":
-                out = bn(conv(self.relu(out) if i == 1 else out))
+                out = bn(conv(F.relu(out) if i == 1 else out))  # not in place: x is also the shortcut
                 out = out if last else self.relu(out)
             else:
                 out = conv(out)

@@ -1,0 +1,27 @@
+# Two commands for a new user: `make train` (default demo job) and `make test` (the whole suite).
+# Both create .venv on first use and install the project with its test extra.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# On the project's CPU machines these come from local disk; on a GPU cluster keep your own torch.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup train test bench clean
+
+$(BIN)/pipeline: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/pipeline
+
+train: setup
+	$(BIN)/pipeline train $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs data/demo .pytest_cache

@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+
+from pipeline.config import ConfigError, RootConfig, load_config, to_yaml
+from tests.conftest import run_cli
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(None, ["data.batch_size=32", "optim.milestones=[10,20]", "model.name=resnet50"])
+    assert cfg.data.batch_size == 32 and cfg.optim.milestones == (10, 20) and cfg.model.name == "resnet50"
+    assert isinstance(cfg, RootConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.batch_size = 1  # type: ignore[misc]
+
+
+def test_yaml_file_with_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim:\n  lr: 0.5\ndata:\n  batch_size: 8\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ndata:\n  batch_size: 16\n")
+    cfg = load_config(tmp_path / "child.yaml", ["optim.lr=0.25"])
+    assert (cfg.optim.lr, cfg.data.batch_size) == (0.25, 16)  # override > file > base
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.batchsize=3", "unknown config key 'data.batchsize' in command-line overrides; did you mean 'data.batch_size'?"),
+    ("trainer.precison=bf16", "did you mean 'trainer.precision'?"),
+    ("data.batch_size=abc", "config key 'data.batch_size'"),
+    ("trainer.precision=bf61", "did you mean 'bf16'?"),
+])
+def test_config_errors_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=None) as info:
+        load_config(None, [override])
+    assert expected in str(info.value)
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    (tmp_path / "bad.yaml").write_text("optim:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr' in .*bad.yaml; did you mean 'optim.lr'"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_cli_config_error_is_one_line_exit_2():
+    proc = run_cli("train", "data.batchsize=3")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["config error: unknown config key 'data.batchsize' in command-line overrides; did you mean 'data.batch_size'?"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_missing_config_file():
+    proc = run_cli("train", "--config", "configs/nope.yaml")
+    assert proc.returncode == 2 and "config file not found: configs/nope.yaml" in proc.stderr
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["model.name=resnet34"])
+    (tmp_path / "c.yaml").write_text(to_yaml(cfg))
+    assert load_config(tmp_path / "c.yaml") == cfg

@@ -1,0 +1,131 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.data import DataError, Placement, build_data
+from pipeline.data.sampler import ShardPlan
+from tests.conftest import FAST, run_cli
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_validation_shards_cover_every_image_exactly_once(world):
+    seen = []
+    for rank in range(world):
+        plan = ShardPlan(130, rank, world, batch_size=16, train=False)
+        seen += [i for batch in plan.batches(0) for i, _ in batch]
+    assert sorted(seen) == list(range(130))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_train_shards_cover_every_image_each_epoch(world):
+    plans = [ShardPlan(100, r, world, batch_size=8, train=True, seed=3) for r in range(world)]
+    steps = {p.steps_per_epoch() for p in plans}
+    assert len(steps) == 1  # every rank runs the same number of steps (DDP needs it)
+    for epoch in (0, 1):
+        seen = [i for p in plans for batch in p.batches(epoch) for i, _ in batch]
+        assert set(seen) == set(range(100))
+        assert len(seen) == steps.pop() * world * 8 if not steps else True
+    first = [i for b in plans[0].batches(0) for i, _ in b]
+    assert first != [i for b in plans[0].batches(1) for i, _ in b]  # reshuffled per epoch
+
+
+def test_global_batch_is_independent_of_world_size():
+    one = ShardPlan(64, 0, 1, batch_size=8, train=True, seed=1).batches(0)[2]
+    two = [ShardPlan(64, r, 2, batch_size=4, train=True, seed=1).batches(0)[2] for r in range(2)]
+    assert sorted(one) == sorted(two[0] + two[1])
+
+
+def test_resume_start_step_skips_exactly(demo_data):
+    plan = ShardPlan(400, 0, 1, batch_size=32, train=True, seed=0)
+    assert plan.batches(2, start_step=3) == plan.batches(2)[3:]
+
+
+def test_torchvision_batches(demo_data):
+    cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=32", "data.batch_size=16",
+                             "data.workers=0", "data.backend=torchvision"])
+    data = build_data(cfg.data, Placement(torch.device("cpu"), channels_last=True), seed=0)
+    assert data.num_classes == 10 and data.backend == "torchvision"
+    assert data.train.num_samples == 400 and data.val.num_samples == 130
+    data.val.set_epoch(0)
+    images, labels = next(iter(data.val))
+    assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert -3 < float(images.mean()) < 3 and float(images.std()) > 0.2  # normalized, not 0..255
+    # val/<class> order: the first 13 val images are class 0 ("blob" sorts first).
+    assert labels[:13].tolist() == [0] * 13 and labels[13:16].tolist() == [1] * 3
+    assert sum(len(lbl) for _, lbl in data.val) == 130
+
+
+def _bad_dataset(root: Path, demo: Path) -> Path:
+    import shutil
+
+    shutil.copytree(demo, root)
+    (root / "train" / "blob" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_corrupt_image_fails_with_its_name(tmp_path, demo_data):
+    root = _bad_dataset(tmp_path / "bad", demo_data)
+    proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1")
+    assert proc.returncode == 1
+    assert "broken.JPEG" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_corrupt_image_skip_policy_counts(tmp_path, demo_data):
+    root = _bad_dataset(tmp_path / "bad", demo_data)
+    proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1",
+                   "data.on_bad_image=skip")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping unreadable image" in proc.stderr and "broken.JPEG" in proc.stderr
+    import json
+
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["replaced_images"] == 1
+
+
+def test_unusual_images_are_converted(tmp_path):
+    from pipeline.data.folder import load_rgb
+
+    Image.new("CMYK", (20, 10), (10, 20, 30, 0)).save(tmp_path / "cmyk.jpg")
+    Image.new("L", (20, 10), 100).save(tmp_path / "gray.jpg")
+    Image.new("I;16", (20, 10), 40000).save(tmp_path / "deep.png")
+    Image.new("RGB", (20, 10)).save(tmp_path / "png_named.JPEG", format="PNG")
+    for name in ("cmyk.jpg", "gray.jpg", "deep.png", "png_named.JPEG"):
+        img = load_rgb(str(tmp_path / name))
+        assert img.mode == "RGB" and img.size == (20, 10)
+    assert load_rgb(str(tmp_path / "deep.png")).getpixel((0, 0))[0] == 40000 // 256
+
+
+def test_missing_dataset_and_empty_class(tmp_path):
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'nope'}", "data.make_demo=false")
+    assert proc.returncode == 1 and "dataset split not found" in proc.stderr and str(tmp_path / "nope") in proc.stderr
+    for split in ("train", "val"):
+        (tmp_path / "ds" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a" / "x.jpg")
+        (tmp_path / "ds" / split / "empty").mkdir()
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}")
+    assert proc.returncode == 1 and "has no images" in proc.stderr and "empty" in proc.stderr
+
+
+def test_cifar10_python_format(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    cfg = load_config(None, [f"data.path={tmp_path}", "data.dataset=cifar10", "data.image_size=32",
+                             "data.batch_size=10", "data.workers=0", "data.cifar_holdout=10"])
+    data = build_data(cfg.data, Placement(torch.device("cpu"), channels_last=False), seed=0)
+    assert (data.train.num_samples, data.val.num_samples, data.num_classes) == (90, 10, 10)
+    data.train.set_epoch(0)
+    images, labels = next(iter(data.train))
+    assert images.shape == (10, 3, 32, 32)

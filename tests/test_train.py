@@ -1,0 +1,70 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.metrics import read_metrics
+from tests.conftest import FAST, REPO, run_cli
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_short_run_learns_and_writes_outputs(tmp_path, demo_data):
+    run = tmp_path / "run"
+    proc = run_cli("train", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "trainer.epochs=6", "optim.lr=0.4",
+                   "data.image_size=32", check=True)
+    summary = _summary(run)
+    rows = read_metrics(run)
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert losses[-1] < losses[0] * 0.8
+    assert summary["final/val/top1"] > 25  # chance is 10%
+    assert summary["val/samples"] == 130
+    assert {"train/loss", "train/lr", "train/img_per_sec", "epoch", "step"} <= set(rows[0])
+    assert {"val/top1", "val/top5", "val/loss", "val/samples"} <= set(rows[-1])
+    assert (run / "config.yaml").exists() and (run / "environment.json").exists()
+    assert len(list((run / "checkpoints").glob("step-*.pt"))) == 2
+    assert f"run directory {run}" in proc.stdout
+
+
+def _train_rows(run):
+    return [(r["step"], r.get("train/loss"), r.get("val/top1"), r.get("train/lr")) for r in read_metrics(run)]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, demo_data):
+    common = [*FAST, f"data.path={demo_data}", "trainer.epochs=3", "data.batch_size=16", "trainer.log_every=1",
+              "data.image_size=32"]
+    straight = tmp_path / "straight"
+    run_cli("train", *common, f"trainer.run_dir={straight}", check=True)
+
+    resumed = tmp_path / "resumed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *common, f"trainer.run_dir={resumed}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt in the middle of epoch 2 (25 steps per epoch)
+        if (resumed / "metrics.jsonl").exists() and len(read_metrics(resumed)) >= 35:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    interrupted_at = _summary(resumed)["steps"]
+    assert 0 < interrupted_at < 75
+    run_cli("train", *common, f"trainer.run_dir={resumed}", check=True)
+    assert _train_rows(resumed) == _train_rows(straight)  # bit-exact on CPU
+    assert _summary(resumed)["final/val/top1"] == _summary(straight)["final/val/top1"]
+
+
+def test_eval_command_reproduces_final_accuracy(tmp_path, demo_data):
+    run = tmp_path / "run"
+    run_cli("train", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "trainer.epochs=1", check=True)
+    proc = run_cli("eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["val/samples"] == 130
+    assert result["val/top1"] == pytest.approx(_summary(run)["final/val/top1"])
