@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list registry models with parameter counts")
     p = sub.add_parser("make-demo-data", help="write the demo dataset (real JPEGs, ImageNet layout)")
     p.add_argument("dir", help="output folder")
+    p.add_argument("--size", type=int, default=80, help="image side in pixels (500 for ImageNet-sized JPEGs)")
+    p.add_argument("--train-per-class", type=int, default=130)
+    p.add_argument("--val-per-class", type=int, default=30)
+    p = sub.add_parser("bench", help="benchmarks: `pipeline bench train --help`")
+    p.add_argument("what", choices=["train"])
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -49,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             if root.exists() and any(root.iterdir()):
                 print(f"error: {root} already exists and is not empty", file=sys.stderr)
                 return EXIT_FAILED
-            make_demo_data(root)
+            make_demo_data(root, args.train_per_class, args.val_per_class, args.size)
             print(f"demo dataset written to {root}")
             return 0
+        if args.command == "bench":
+            from pipeline.bench import main as bench_main
+
+            return bench_main(args.args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             from pipeline.train import run_training
@@ -61,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from pipeline.evaluate import run_eval
 
-            print(json.dumps(run_eval(cfg, args.checkpoint)))
+            from pipeline.distributed import world_info_from_env
+
+            result = run_eval(cfg, args.checkpoint)
+            if world_info_from_env().rank == 0:
+                print(json.dumps(result))
             return 0
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)

@@ -43,6 +43,7 @@ class ModelConfig:
     shortcut_dropout: float = 0.5  # "dropout": drop probability on the shortcut
     zero_init_last: bool = False  # zero the last BN gamma of each residual branch (Goyal 2017)
     drop_rate: float = 0.0  # dropout before the classifier
+    frozen_bn: bool = False  # BatchNorm uses its running statistics in training too (fine-tuning)
 
 
 @dataclass(frozen=True)

@@ -57,17 +57,26 @@ def world_info_from_env(env: dict | None = None) -> WorldInfo:
     return WorldInfo()
 
 
-def init_process_group(world: WorldInfo, device: torch.device, backend: str, timeout_s: int) -> None:
-    """NCCL on GPUs, gloo on CPU; a no-op for a single process."""
-    if world.world_size == 1 or dist.is_initialized():
+def init_process_group(world: WorldInfo, device: torch.device, backend: str, timeout_s: int,
+                       always: bool = False) -> None:
+    """NCCL on GPUs, gloo on CPU; a no-op for a single process unless `always`."""
+    if (world.world_size == 1 and not always) or dist.is_initialized():
         return
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     os.environ.setdefault("MASTER_ADDR", world.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(world.master_port))
+    os.environ.setdefault("MASTER_PORT", str(world.master_port if world.world_size > 1 else _free_port()))
     dist.init_process_group(backend, rank=world.rank, world_size=world.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s),
                             device_id=device if device.type == "cuda" else None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def shutdown() -> None:

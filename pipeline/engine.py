@@ -9,10 +9,14 @@ import contextlib
 import os
 import warnings
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline import checkpoint as ckpt
+from pipeline import distributed as dist_utils
 from pipeline.config import RootConfig
 from pipeline.runtime import Runtime
 
@@ -22,7 +26,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
 
     1. SyncBatchNorm: replaces BN modules, so before anything captures them (GPU only: the
        CPU/gloo path has no SyncBN kernel).
-    2. device + channels_last: parameters must be in their final place and layout before the
+    2. device + channels_last (not under DeepSpeed, see below): parameters must be in their final place and layout before the
        optimizer and DDP see them (DDP buckets are views of the parameters).
     3. torch.compile on the bare module: DDP then wraps the compiled module, and its bucket hooks
        stay outside the graph.
@@ -34,7 +38,9 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
         else:
             warnings.warn("distributed.sync_bn ignored: SyncBatchNorm runs only on GPUs", stacklevel=2)
     model = model.to(rt.device)
-    if cfg.trainer.channels_last:
+    # DeepSpeed flattens parameters into contiguous buffers and rejects channels_last weights; the
+    # channels_last *inputs* still make convolutions pick the NHWC kernels.
+    if cfg.trainer.channels_last and rt.engine != "deepspeed":
         model = model.to(memory_format=torch.channels_last)
     bare = model
     if cfg.trainer.compile:
@@ -83,12 +89,25 @@ class TorchEngine:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict()}
+    def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict, keep: int) -> None:
+        # Only rank 0 writes: DDP keeps the replicas identical.
+        if self.rt.is_main:
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), **extra}
+            ckpt.save_checkpoint(state, run_dir, global_step, keep)
+        dist_utils.barrier()
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_checkpoint(self, run_dir: Path, mode: str) -> tuple[str, dict] | None:
+        """mode: auto (newest valid in run_dir) or a checkpoint path."""
+        if mode == "auto":
+            found = ckpt.load_latest(run_dir)
+            if found is None:
+                return None
+            path, state = found
+        else:
+            path, state = Path(mode), ckpt.load_checkpoint(mode)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        return str(path), state

@@ -104,6 +104,28 @@ def make_loss(cfg: RootConfig, num_classes: int):
     return None, torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
 
 
+def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
+    model.train()
+    if frozen_bn:  # statistics fixed: the per-sample computation no longer depends on the batch
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def replica_checksum(module: torch.nn.Module, device: torch.device) -> bool:
+    """True when every rank holds bit-identical parameters (compares exact fp64 sums across ranks)."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat), dtype=torch.float64,
+                                                                                     device=flat.device)).sum()])
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return True
+    mine = mine.to(device)
+    gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, mine)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, rt: Runtime, prefix: str = "val") -> dict:
     """Top-1/top-5/loss over the whole split; each image counted once across ranks."""
@@ -141,7 +163,12 @@ class Trainer:
         global_batch = cfg.data.batch_size * rt.world.world_size * self.accumulation
         self.base_lr = scaled_lr(cfg.optim, global_batch)
         optimizer = build_optimizer(bare, cfg.optim, self.base_lr, rt.device)
-        self.engine = TorchEngine(model, bare, optimizer, rt, cfg.optim.grad_clip)
+        if rt.engine == "deepspeed":
+            from pipeline.deepspeed_engine import DeepSpeedEngine
+
+            self.engine = DeepSpeedEngine(bare, optimizer, cfg, rt)
+        else:
+            self.engine = TorchEngine(model, bare, optimizer, rt, cfg.optim.grad_clip)
         self.schedule = LRSchedule(optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs)
         self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
         self.ema = None
@@ -158,8 +185,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
+        """Everything but the engine's own state (model, optimizer, scaler), which it saves itself."""
         s = self.state
-        return {**self.engine.state_dict(), "scheduler": self.schedule.state_dict(),
+        return {"scheduler": self.schedule.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "rng": ckpt.rng_state(),
                 "progress": {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
                              "best_top1": s.best_top1, "train_seconds": s.train_seconds,
@@ -167,24 +195,16 @@ class Trainer:
                 "wandb_run_id": s.wandb_run_id, "config": to_dict(self.cfg)}
 
     def save(self) -> None:
-        # Only rank 0 writes; DDP keeps the replicas identical.
-        if self.rt.is_main:
-            ckpt.save_checkpoint(self.checkpoint_state(), self.run_dir, self.state.global_step,
-                                 self.cfg.trainer.keep_checkpoints)
-        dist_utils.barrier()
+        self.engine.save_checkpoint(self.run_dir, self.state.global_step, self.checkpoint_state(),
+                                    self.cfg.trainer.keep_checkpoints)
 
     def resume(self) -> None:
-        mode = self.cfg.trainer.resume
-        if mode == "never":
+        if self.cfg.trainer.resume == "never":
             return
-        if mode == "auto":
-            found = ckpt.load_latest(self.run_dir)
-            if found is None:
-                return
-            path, state = found
-        else:
-            path, state = Path(mode), ckpt.load_checkpoint(mode)
-        self.engine.load_state_dict(state)
+        found = self.engine.load_checkpoint(self.run_dir, self.cfg.trainer.resume)
+        if found is None:
+            return
+        path, state = found
         self.schedule.load_state_dict(state["scheduler"])
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
@@ -267,12 +287,14 @@ class Trainer:
         metrics = evaluate(self.engine.module, self.data.val, self.rt)
         if self.ema is not None:
             metrics.update(evaluate(self.ema.module, self.data.val, self.rt, prefix="val_ema"))
+        set_train_mode(self.engine.model, self.cfg.model.frozen_bn)
         return metrics
 
     def fit(self) -> dict:
         cfg, s = self.cfg, self.state
         progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
         progress.advance(s.global_step)
+        set_train_mode(self.engine.model, cfg.model.frozen_bn)
         interrupted = False
         try:
             while s.epoch < cfg.trainer.epochs and s.global_step < self.total_steps:
@@ -310,7 +332,8 @@ class Trainer:
                    "train/img_per_sec": statistics.median(rates) if rates else None,
                    "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
                    "train_seconds": round(s.train_seconds, 2),
-                   "replaced_images": getattr(self.data.train, "replaced_images", 0)}
+                   "replaced_images": getattr(self.data.train, "replaced_images", 0),
+                   "replicas_identical": replica_checksum(self.engine.module, self.rt.device)}
         return summary
 
 
@@ -319,7 +342,9 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
     world = dist_utils.world_info_from_env()
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
-    dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    # DDP and DeepSpeed need a process group even for one process.
+    dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s,
+                                  always=rt.engine != "single")
     start = time.time()
     try:
         run_dir = Path(cfg.trainer.run_dir)

@@ -1,0 +1,100 @@
+"""DeepSpeed engine (ZeRO 0/1/2) with the same methods as `TorchEngine`.
+
+The DeepSpeed config is generated from ours (batch sizes, accumulation, ZeRO stage, fp16 loss
+scaling, clipping) unless `distributed.deepspeed_config` names a user JSON. bf16 runs as torch
+autocast over fp32 weights: DeepSpeed's "bf16" section casts parameters but not BatchNorm buffers,
+which breaks ResNets ("expected scalar type BFloat16 but found Float"; ../shared cpu-findings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.config import RootConfig
+from pipeline.runtime import Runtime
+
+
+def deepspeed_config(cfg: RootConfig, rt: Runtime) -> dict:
+    if cfg.distributed.deepspeed_config:
+        path = Path(cfg.distributed.deepspeed_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+        user = json.loads(path.read_text())
+        # Batch geometry always follows our data config, so both stay consistent.
+        user.update(_batch_keys(cfg, rt))
+        return user
+    ds = {
+        **_batch_keys(cfg, rt),
+        "zero_optimization": {"stage": cfg.distributed.zero_stage},
+        # ZeRO 1/2 wrap optimizers they have not been tested with (here: torch SGD) only when told so.
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "steps_per_print": 10**9,  # our own logging reports progress
+        "wall_clock_breakdown": False,
+    }
+    if rt.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}  # 0 = dynamic scaling
+    return ds
+
+
+def _batch_keys(cfg: RootConfig, rt: Runtime) -> dict:
+    acc = cfg.optim.accumulation
+    return {"train_micro_batch_size_per_gpu": cfg.data.batch_size, "gradient_accumulation_steps": acc,
+            "train_batch_size": cfg.data.batch_size * acc * rt.world.world_size}
+
+
+class DeepSpeedEngine:
+    def __init__(self, bare: nn.Module, optimizer: torch.optim.Optimizer, cfg: RootConfig, rt: Runtime) -> None:
+        if rt.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no oneCCL here: DeepSpeed uses gloo
+        import deepspeed
+
+        self.rt, self.module = rt, bare
+        self.optimizer = optimizer  # the base optimizer: LRSchedule sets its param_groups' lr
+        self.ds_config = deepspeed_config(cfg, rt)
+        self.engine, _, _, _ = deepspeed.initialize(model=bare, optimizer=optimizer, config=self.ds_config,
+                                                    dist_init_required=False)
+        self.model = self.engine
+        self.scaler = None
+
+    def autocast(self):
+        enabled = self.rt.precision == "bf16"  # fp16 is DeepSpeed's own (half weights + loss scaler)
+        return torch.autocast(self.rt.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def micro_step(self, images, targets, loss_fn, last_micro: bool, accumulation: int) -> torch.Tensor:
+        if self.rt.precision == "fp16":
+            images = images.half()
+        with self.autocast():
+            loss = loss_fn(self.engine(images), targets)
+        self.engine.backward(loss)  # divides by gradient_accumulation_steps itself
+        self.engine.step()  # steps the optimizer only at the accumulation boundary
+        return loss.detach().float()
+
+    # Checkpoints: every rank writes its ZeRO shard; DeepSpeed's own layout under checkpoints/<tag>.
+    def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict, keep: int) -> None:
+        folder = Path(run_dir) / "checkpoints"
+        tag = f"ds-step-{global_step:09d}"
+        self.engine.save_checkpoint(str(folder), tag=tag, client_state=extra)
+        if self.rt.is_main:
+            tags = sorted(p for p in folder.glob("ds-step-*") if p.is_dir())
+            for old in tags[: max(0, len(tags) - max(1, keep))]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, run_dir: Path, mode: str) -> tuple[str, dict] | None:
+        folder = Path(run_dir) / "checkpoints"
+        if mode == "auto":
+            tags = sorted((p for p in folder.glob("ds-step-*") if p.is_dir()), reverse=True)
+            if not tags:
+                return None
+            path, tag = folder, tags[0].name
+        else:
+            path, tag = Path(mode).parent, Path(mode).name
+        load_path, client_state = self.engine.load_checkpoint(str(path), tag=tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {path / tag}")
+        return str(path / tag), client_state
