@@ -26,8 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=80, help="image side in pixels (500 for ImageNet-sized JPEGs)")
     p.add_argument("--train-per-class", type=int, default=130)
     p.add_argument("--val-per-class", type=int, default=30)
-    p = sub.add_parser("bench", help="benchmarks: `pipeline bench train --help`")
-    p.add_argument("what", choices=["train"])
+    p = sub.add_parser("compare", help="compare runs (run dirs, offline W&B runs, entity/project/id)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("check-data", help="scan a dataset: classes, counts, undecodable files, empty classes")
+    p.add_argument("dir")
+    p.add_argument("--workers", type=int, default=0, help="decode processes (default: all cores)")
+    p = sub.add_parser("bench", help="benchmarks: `pipeline bench train --help`, `pipeline bench data --help`")
+    p.add_argument("what", choices=["train", "data"])
     p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -58,7 +63,19 @@ def main(argv: list[str] | None = None) -> int:
             make_demo_data(root, args.train_per_class, args.val_per_class, args.size)
             print(f"demo dataset written to {root}")
             return 0
+        if args.command == "compare":
+            from pipeline.compare import main as compare_main
+
+            return compare_main(args.args)
+        if args.command == "check-data":
+            from pipeline.data.check import check_data
+
+            return check_data(Path(args.dir), args.workers)
         if args.command == "bench":
+            if args.what == "data":
+                from pipeline.bench_data import main as bench_data_main
+
+                return bench_data_main(args.args)
             from pipeline.bench import main as bench_main
 
             return bench_main(args.args)

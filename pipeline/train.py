@@ -354,17 +354,35 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
         trainer = Trainer(cfg, rt)
         trainer.resume()
         env = environment_facts(rt, trainer.data)
+        tracker = None
         if rt.is_main:
             (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+            if cfg.logging.wandb.mode != "disabled":
+                from pipeline.tracking import WandbTracker, run_id_for
+
+                trainer.state.wandb_run_id = run_id_for(run_dir, trainer.state.wandb_run_id)
+                tracker = WandbTracker(cfg, run_dir, trainer.state.wandb_run_id, env)
+                trainer.metrics.sinks.append(tracker)
             trainer.log_line(f"model {cfg.model.name} ({trainer.num_params:,} parameters) on {env['device']}, "
                              f"{rt.precision}, engine {rt.engine}, world {world.world_size}, data {trainer.data.backend} "
-                             f"({trainer.data.train.num_samples} train / {trainer.data.val.num_samples} val images)")
-        summary = trainer.fit()
+                             f"({trainer.data.train.num_samples} train / {trainer.data.val.num_samples} val images)"
+                             + (f", W&B {tracker.mode} run {trainer.state.wandb_run_id}" if tracker else ""))
+        try:
+            summary = trainer.fit()
+        except BaseException:
+            if tracker is not None:
+                tracker.run.finish(exit_code=1)
+            raise
         summary.update({"wall_seconds": round(time.time() - start, 2), "device": env["device"],
                         "world_size": world.world_size, "data_backend": trainer.data.backend,
-                        "precision": rt.precision, "engine": rt.engine})
+                        "precision": rt.precision, "engine": rt.engine,
+                        "device_hours": round(summary["train_seconds"] * world.world_size / 3600, 4),
+                        "wandb_run_id": trainer.state.wandb_run_id or None})
         if rt.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if tracker is not None:
+                newest = ckpt.list_checkpoints(run_dir)
+                tracker.finish(summary, newest[0] if newest else None, summary["status"] == "interrupted")
             verb = "stopped (checkpoint saved; rerun the same command to resume)" if summary["status"] == "interrupted" else "finished"
             top1 = summary["final/val/top1"]
             trainer.log_line(f"{verb} in {format_duration(summary['wall_seconds'])}: "

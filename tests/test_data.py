@@ -179,3 +179,22 @@ def test_dali_training_beats_chance(tmp_path, demo_data):
             "trainer.epochs=6", "optim.lr=0.4", check=True)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data_backend"] == "dali" and summary["final/val/top1"] > 25
+
+
+def test_check_data_reports_problems(tmp_path, demo_data):
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(demo_data, root)
+    proc = run_cli("check-data", str(root), "--workers", "2")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok")
+    assert "train: 10 classes, 400 images" in proc.stdout and "val: 10 classes, 130 images" in proc.stdout
+    (root / "train" / "blob" / "zero.JPEG").write_bytes(b"")
+    (root / "train" / "blob" / "random.JPEG").write_bytes(os.urandom(500))
+    (root / "val" / "empty_class").mkdir()
+    proc = run_cli("check-data", str(root), "--workers", "2")
+    assert proc.returncode == 1
+    assert "zero.JPEG" in proc.stdout and "random.JPEG" in proc.stdout
+    assert f"empty class folder: {root / 'val' / 'empty_class'}" in proc.stdout
+    assert "class in only one split: empty_class" in proc.stdout
+    assert proc.stdout.strip().endswith("4 problem(s) found")

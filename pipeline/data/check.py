@@ -1,0 +1,85 @@
+"""`pipeline check-data DIR`: scan a dataset before a long job.
+
+Reports classes, images per class and split, empty class folders, class folders missing from one
+split, and files that do not decode (decoded in parallel with PIL, the torchvision backend's
+decoder). Exit code 1 when anything would stop or silently change a training run.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.data.folder import IMAGE_EXTENSIONS, load_rgb
+
+
+@dataclass
+class SplitReport:
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)
+    empty_classes: list[str] = field(default_factory=list)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    other_files: int = 0
+
+
+def _decode_problem(path: str) -> str:
+    try:
+        load_rgb(path)
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any failure is a finding
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+
+
+def scan_split(root: Path, workers: int) -> SplitReport:
+    report = SplitReport(root.name)
+    files: list[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        images = []
+        for f in os.scandir(entry.path):
+            if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(f.path)
+            elif f.is_file():
+                report.other_files += 1
+        report.counts[entry.name] = len(images)
+        if not images:
+            report.empty_classes.append(entry.name)
+        files += images
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        for path, problem in zip(files, pool.map(_decode_problem, files, chunksize=64)):
+            if problem:
+                report.bad_files.append((path, problem))
+    return report
+
+
+def check_data(root: Path, workers: int = 0) -> int:
+    workers = workers or os.cpu_count() or 1
+    if not root.is_dir():
+        print(f"error: dataset folder not found: {root}")
+        return 1
+    splits = [root / s for s in ("train", "val") if (root / s).is_dir()] or [root]
+    problems = 0
+    reports = []
+    for split in splits:
+        r = scan_split(split, workers)
+        reports.append(r)
+        total = sum(r.counts.values())
+        sizes = sorted(r.counts.values())
+        print(f"{r.name}: {len(r.counts)} classes, {total} images "
+              f"(per class min {sizes[0] if sizes else 0}, median {sizes[len(sizes) // 2] if sizes else 0}, "
+              f"max {sizes[-1] if sizes else 0}), {len(r.bad_files)} undecodable, {len(r.empty_classes)} empty classes"
+              + (f", {r.other_files} non-image files ignored" if r.other_files else ""))
+        for name in r.empty_classes:
+            print(f"  empty class folder: {split / name}")
+        for path, problem in r.bad_files:
+            print(f"  undecodable: {path} ({problem})")
+        problems += len(r.bad_files) + len(r.empty_classes)
+    if len(reports) == 2:
+        missing = sorted(set(reports[0].counts) ^ set(reports[1].counts))
+        for name in missing:
+            print(f"  class in only one split: {name}")
+        problems += len(missing)
+    print("ok" if problems == 0 else f"{problems} problem(s) found")
+    return 0 if problems == 0 else 1

@@ -1,0 +1,76 @@
+"""W&B with the real wandb library in offline mode, and `pipeline compare`."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline.metrics import read_metrics
+from pipeline.wandb_file import read_offline_run
+from tests.conftest import FAST, REPO, run_cli
+
+FAKE_KEY = "local0fake0key0" + "9" * 25
+WB = [*FAST, "logging.wandb.mode=offline", "logging.wandb.group=exp1", "trainer.epochs=2"]
+
+
+def _offline_runs(run_dir):
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_two_runs_in_a_group_and_compare(tmp_path, demo_data):
+    for name, model in (("a", "resnet20"), ("b", "resnet32")):
+        run_cli("train", *WB, f"model.name={model}", f"data.path={demo_data}", f"trainer.run_dir={tmp_path / name}",
+                env={"WANDB_API_KEY": FAKE_KEY}, check=True)
+    runs = [read_offline_run(_offline_runs(tmp_path / n)[0]) for n in ("a", "b")]
+    for run in runs:
+        assert run.group == "exp1"
+        keys = set().union(*run.history)
+        assert {"train/loss", "train/lr", "train/img_per_sec", "val/top1", "val/top5", "val/loss", "val/samples",
+                "epoch", "step"} <= keys
+        assert run.summary["val/top1"]["max"] >= 0 and "best/val/top1" in run.summary
+    assert runs[0].run_id != runs[1].run_id
+    png = tmp_path / "cmp.png"
+    proc = run_cli("compare", str(_offline_runs(tmp_path / "a")[0]), str(tmp_path / "b"), "--out", str(png), check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert "model.name" not in lines[0] and "best_top1" in lines[0]
+    assert any("resnet20" in line for line in lines) and any("resnet32" in line for line in lines)
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_api_key_never_written(tmp_path, demo_data):
+    run = tmp_path / "run"
+    proc = run_cli("train", *WB, f"data.path={demo_data}", f"trainer.run_dir={run}", env={"WANDB_API_KEY": FAKE_KEY},
+                   check=True)
+    assert FAKE_KEY not in proc.stdout + proc.stderr
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_disabled_writes_nothing(tmp_path, demo_data):
+    run = tmp_path / "run"
+    run_cli("train", *FAST, "logging.wandb.mode=disabled", "trainer.epochs=1", f"data.path={demo_data}",
+            f"trainer.run_dir={run}", check=True)
+    assert not (run / "wandb").exists() and not (run / "wandb_run_id.txt").exists()
+
+
+def test_killed_and_resumed_run_keeps_its_wandb_id(tmp_path, demo_data):
+    run = tmp_path / "run"
+    args = [*WB, "trainer.epochs=3", "data.batch_size=16", f"data.path={demo_data}", f"trainer.run_dir={run}"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not ((run / "checkpoints").exists() and any((run / "checkpoints").glob("step-*"))):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait(timeout=60)
+    first_id = (run / "wandb_run_id.txt").read_text().strip()
+    run_cli("train", *args, check=True)
+    ids = {read_offline_run(p).run_id for p in _offline_runs(run)}
+    assert ids == {first_id}
+    assert json.loads((run / "summary.json").read_text())["wandb_run_id"] == first_id
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps == sorted(steps)  # rows after the checkpoint were dropped, then logged again once
