@@ -61,6 +61,10 @@ class DataConfig:
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
     hflip: float = 0.5
+    # DALI train resize without antialiasing: 1.18x the CPU pipeline's images/s here
+    # (docs/benchmarks.md); random-resized-crop scale jitter dominates any aliasing. Val always
+    # antialiases.
+    train_antialias: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     workers: int = 2  # loader processes per rank (torchvision) / threads (DALI)

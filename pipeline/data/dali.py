@@ -47,7 +47,7 @@ def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, 
         **({"device_memory_padding": DEVICE_MEMORY_PADDING, "hw_decoder_load": HW_DECODER_LOAD}
            if decode_device == "mixed" else {}))
     images = fn.resize(images, device=op_device, resize_x=cfg.image_size, resize_y=cfg.image_size,
-                       interp_type=types.INTERP_LINEAR, antialias=True)
+                       interp_type=types.INTERP_LINEAR, antialias=cfg.train_antialias)
     images = fn.crop_mirror_normalize(
         images, device=op_device, dtype=types.FLOAT, output_layout=layout,
         mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std],

@@ -83,6 +83,8 @@ class FolderDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.draft_size = draft_size
+        self.normalize: tuple | None = None  # (mean*255, std*255): normalize here (CPU training)
+        self.hwc = False  # emit HWC so a batch is NHWC memory: channels_last with no copy
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,8 +104,16 @@ class FolderDataset(torch.utils.data.Dataset):
                     raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
                 print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
                 continue
-            return self.transform(img), label, int(attempt > 0)
+            return _finish(self.transform(img), self.normalize, self.hwc), label, int(attempt > 0)
         raise DataError(f"no readable image in {self.root}")
+
+
+def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor:
+    """Optional normalization and HWC layout, done in the loader worker."""
+    if stats is not None:
+        mean, std = (torch.tensor(v).view(3, 1, 1) for v in stats)
+        image = (image.float() - mean) / std
+    return image.permute(1, 2, 0).contiguous() if hwc else image
 
 
 def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:

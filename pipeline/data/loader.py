@@ -39,15 +39,22 @@ class Placement:
 
 
 class Normalizer:
-    """uint8 NCHW -> normalized float on the device; the copy is async from pinned memory."""
+    """uint8 NCHW -> normalized float on the device; the copy is async from pinned memory.
 
-    def __init__(self, mean, std, placement: Placement) -> None:
+    `in_workers=True` (CPU training): the loader workers already normalized, in parallel, so the
+    training process only fixes the memory format.
+    """
+
+    def __init__(self, mean, std, placement: Placement, in_workers: bool = False) -> None:
+        self.in_workers = in_workers
         self.device = placement.device
         self.memory_format = torch.channels_last if placement.channels_last else torch.contiguous_format
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.in_workers:
+            return images.contiguous(memory_format=self.memory_format)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
@@ -60,11 +67,17 @@ class TorchLoader:
     def __init__(self, dataset, plan: ShardPlan, cfg: DataConfig, placement: Placement) -> None:
         self.dataset, self.plan = dataset, plan
         self.num_samples = len(dataset)
-        self.normalize = Normalizer(cfg.mean, cfg.std, placement)
+        # On CPU the training process is the bottleneck: normalize in the loader workers instead.
+        in_workers = placement.device.type == "cpu" and cfg.workers > 0
+        if in_workers:
+            dataset.normalize = (tuple(m * 255 for m in cfg.mean), tuple(s * 255 for s in cfg.std))
+        self.normalize = Normalizer(cfg.mean, cfg.std, placement, in_workers)
+        dataset.hwc = placement.channels_last
         self.workers = cfg.workers
         self.pin = placement.device.type == "cuda"
         self.replaced_images = 0  # undecodable files swapped out under on_bad_image=skip
         self._epoch, self._start = 0, 0
+        self._loader = None
 
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch()
@@ -72,18 +85,35 @@ class TorchLoader:
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self._epoch, self._start = epoch, start_step
 
+    # The DataLoader iterates this object as its batch sampler, in the main process, so one
+    # DataLoader with persistent workers serves every epoch and resume position.
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch() - self._start
+
+    def _batch_sampler_iter(self):
+        return iter(self.plan.batches(self._epoch, self._start))
+
     def __iter__(self):
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_sampler=self.plan.batches(self._epoch, self._start),
-            num_workers=self.workers,
-            pin_memory=self.pin,
-            prefetch_factor=4 if self.workers else None,
-        )
-        for images, labels, replaced in loader:
-            if self.workers == 0 or replaced.any():
-                self.replaced_images += int(replaced.sum())
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=_BatchSource(self), num_workers=self.workers, pin_memory=self.pin,
+                prefetch_factor=4 if self.workers else None, persistent_workers=self.workers > 0)
+        for images, labels, replaced in self._loader:
+            self.replaced_images += int(replaced.sum())
+            if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
+                images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
             yield self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+
+
+class _BatchSource:
+    def __init__(self, owner: TorchLoader) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __iter__(self):
+        return self.owner._batch_sampler_iter()
 
 
 class SyntheticLoader:
