@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import faults
+
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^step-(\d{9})\.pt$")
 
@@ -63,12 +65,16 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".step-*.tmp-*"):  # left by a writer killed mid-write
+        stale.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
+            faults.checkpoint_write_error()
             torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        faults.checkpoint_written()
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

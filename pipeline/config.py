@@ -122,6 +122,9 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     ema_decay: float = 0.0  # >0: keep a timm ModelEmaV3 and validate it too
     nonfinite_patience: int = 3  # consecutive non-finite losses (checked at log steps) before stopping
+    # A checkpoint write that fails (disk full, I/O error): "continue" warns, keeps the previous
+    # checkpoint and trains on; "stop" ends the run with the error (previous checkpoint kept).
+    on_checkpoint_error: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,7 @@ _CHOICES = {
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
+    "trainer.on_checkpoint_error": ("continue", "stop"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "logging.progress": ("auto", "bar", "lines", "none"),
     "logging.wandb.mode": ("online", "offline", "disabled", "auto"),

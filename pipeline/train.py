@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import checkpoint as ckpt
+from pipeline import faults
 from pipeline import distributed as dist_utils
 from pipeline.config import RootConfig, to_dict, to_yaml
 from pipeline.data import DataBundle, Placement, build_data
@@ -195,8 +196,17 @@ class Trainer:
                 "wandb_run_id": s.wandb_run_id, "config": to_dict(self.cfg)}
 
     def save(self) -> None:
-        self.engine.save_checkpoint(self.run_dir, self.state.global_step, self.checkpoint_state(),
-                                    self.cfg.trainer.keep_checkpoints)
+        try:
+            self.engine.save_checkpoint(self.run_dir, self.state.global_step, self.checkpoint_state(),
+                                        self.cfg.trainer.keep_checkpoints)
+        except OSError as exc:
+            where = ckpt.checkpoint_dir(self.run_dir)
+            if self.cfg.trainer.on_checkpoint_error == "stop":
+                raise RuntimeError(f"checkpoint write failed at step {self.state.global_step} in {where}: {exc}; "
+                                   "previous checkpoint kept") from None
+            print(f"warning: checkpoint write failed at step {self.state.global_step} in {where}: {exc}; "
+                  "previous checkpoint kept, training continues", file=sys.stderr, flush=True)
+            dist_utils.barrier()
 
     def resume(self) -> None:
         if self.cfg.trainer.resume == "never":
@@ -233,11 +243,15 @@ class Trainer:
             if s.global_step >= self.total_steps:
                 return False
             self.schedule.set_step(s.global_step)
+            faults.before_step(s.global_step)
             for micro in range(self.accumulation):
                 images, labels = next(batches)
                 if self.mixup is not None:
                     images, labels = self.mixup(images, labels)
-                loss = self.engine.micro_step(images, labels, self.loss_fn, micro == self.accumulation - 1,
+                loss_fn = self.loss_fn
+                if faults.nan_loss(s.global_step):  # injected divergence: NaN flows into the gradients
+                    loss_fn = lambda out, target: self.loss_fn(out, target) * float("nan")  # noqa: E731
+                loss = self.engine.micro_step(images, labels, loss_fn, micro == self.accumulation - 1,
                                               self.accumulation)
                 loss_sum += loss
                 loss_count += 1
@@ -265,7 +279,8 @@ class Trainer:
                 loss_count, window_start, window_images = 0, time.perf_counter(), 0
             every = cfg.trainer.checkpoint_every
             if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
-                self.save()
+                if getattr(self, "_nonfinite", 0) == 0:  # never checkpoint a diverged state
+                    self.save()
             if (rt.world.world_size == 1 or at_log) and self.stop.agreed(rt.world.world_size, rt.device):
                 self.save()
                 return False
@@ -311,7 +326,8 @@ class Trainer:
                                      f"({s.last_val['val/samples']} images)")
                 s.epoch += 1
                 s.step_in_epoch = 0
-                self.save()
+                if getattr(self, "_nonfinite", 0) == 0:  # never checkpoint a diverged state
+                    self.save()
             if not interrupted and s.global_step >= self.total_steps and not s.last_val:
                 s.last_val = self.validate()  # stopped by max_steps before any validation
                 s.best_top1 = max(s.best_top1, s.last_val["val/top1"])
