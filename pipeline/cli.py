@@ -26,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=80, help="image side in pixels (500 for ImageNet-sized JPEGs)")
     p.add_argument("--train-per-class", type=int, default=130)
     p.add_argument("--val-per-class", type=int, default=30)
+    for name, text in (("sweep", "run a set of configs x seeds as one experiment group (locally or via sbatch)"),
+                       ("degradation", "He 2015 Fig. 6: plain-20/56 vs ResNet-20/56 training error")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("compare", help="compare runs (run dirs, offline W&B runs, entity/project/id)")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p = sub.add_parser("check-data", help="scan a dataset: classes, counts, undecodable files, empty classes")
@@ -46,8 +50,19 @@ def _one_line(exc: BaseException) -> str:
     return last.split(": ", 1)[1] if len(lines) > 1 and ": " in last and "Error" in last.split(": ", 1)[0] else lines[0]
 
 
+PASSTHROUGH = ("sweep", "degradation", "compare", "bench")  # subcommands with their own parsers
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        # argparse.REMAINDER drops leading --options; hand the rest over untouched.
+        args = argparse.Namespace(command=argv[0], args=argv[1:] if argv[0] != "bench" else argv[2:],
+                                  what=argv[1] if argv[0] == "bench" and len(argv) > 1 else None)
+        if argv[0] == "bench" and args.what not in ("train", "data"):
+            _parser().parse_args(argv)  # prints the usage error
+    else:
+        args = _parser().parse_args(argv)
     from pipeline.config import ConfigError, load_config
 
     try:
@@ -63,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             make_demo_data(root, args.train_per_class, args.val_per_class, args.size)
             print(f"demo dataset written to {root}")
             return 0
+        if args.command == "sweep":
+            from pipeline.sweep import main as sweep_main
+
+            return sweep_main(args.args)
+        if args.command == "degradation":
+            from pipeline.degradation import main as degradation_main
+
+            return degradation_main(args.args)
         if args.command == "compare":
             from pipeline.compare import main as compare_main
 

@@ -130,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     diff = differing_keys(runs)
     flats = [_flat(r.config) for r in runs]
-    header = ["run", "model", *diff, "best_top1", "final_top1", "paper", "img/s", "epochs", "wall_s"]
+    header = ["run", "model", *diff, "best_top1", "final_top1", "paper", "paper_source", "img/s", "epochs", "wall_s"]
     rows = []
     for run, flat in zip(runs, flats):
         s = summarize(run)
+        exp = run.config.get("expected") or {}
+        paper = f"{exp.get('metric', '')} {exp['value']}".strip() if exp.get("value") is not None else None
         rows.append([s["run"], s["model"], *[flat.get(k) for k in diff], s["best_top1"], s["final_top1"],
-                     s["expected"], s["img_per_sec"], s["epochs"], s["wall_s"]])
+                     paper, (exp.get("source") or "")[:48] or None, s["img_per_sec"], s["epochs"], s["wall_s"]])
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -286,7 +286,7 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | tu
 
 _CHOICES = {
     "data.backend": ("auto", "torchvision", "dali", "synthetic"),
-    "data.dataset": ("imagefolder", "cifar10", "synthetic"),
+    "data.dataset": ("imagefolder", "cifar10", "cifar100", "synthetic"),
     "data.on_bad_image": ("fail", "skip"),
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "step", "multistep", "constant"),

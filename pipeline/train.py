@@ -238,7 +238,14 @@ class Trainer:
         loader.set_epoch(s.epoch, s.step_in_epoch * self.accumulation)
         batches = iter(loader)
         loss_sum = torch.zeros((), device=rt.device)  # accumulated on device: no host sync per step
-        loss_count, window_start, window_images = 0, time.perf_counter(), 0
+        hits = torch.zeros((), device=rt.device, dtype=torch.long)  # correct top-1 on this rank's batches
+        loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
+
+        def counted_loss(logits, target):
+            labels_ = target.argmax(1) if target.ndim > 1 else target  # mixup targets are soft
+            hits.add_((logits.detach().argmax(1) == labels_).sum())
+            return self.loss_fn(logits, target)
+
         while s.step_in_epoch < self.steps_per_epoch:
             if s.global_step >= self.total_steps:
                 return False
@@ -248,14 +255,15 @@ class Trainer:
                 images, labels = next(batches)
                 if self.mixup is not None:
                     images, labels = self.mixup(images, labels)
-                loss_fn = self.loss_fn
+                loss_fn = counted_loss
                 if faults.nan_loss(s.global_step):  # injected divergence: NaN flows into the gradients
-                    loss_fn = lambda out, target: self.loss_fn(out, target) * float("nan")  # noqa: E731
+                    loss_fn = lambda out, target: counted_loss(out, target) * float("nan")  # noqa: E731
                 loss = self.engine.micro_step(images, labels, loss_fn, micro == self.accumulation - 1,
                                               self.accumulation)
                 loss_sum += loss
                 loss_count += 1
                 window_images += images.shape[0] * rt.world.world_size
+                local_images += images.shape[0]
             if self.ema is not None:
                 self.ema.update(self.engine.module, step=s.global_step)
             s.step_in_epoch += 1
@@ -271,12 +279,14 @@ class Trainer:
                 self.check_finite(mean_loss)
                 s.img_per_sec.append(img_per_sec)
                 self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
-                                  "train/loss": mean_loss, "train/lr": self.schedule.current_lr(),
+                                  "train/loss": mean_loss, "train/top1": 100.0 * int(hits) / max(1, local_images),
+                                  "train/lr": self.schedule.current_lr(),
                                   "train/img_per_sec": img_per_sec})
                 progress.train_line(s.epoch, cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch,
                                     s.global_step, mean_loss, self.schedule.current_lr(), img_per_sec)
                 loss_sum.zero_()
-                loss_count, window_start, window_images = 0, time.perf_counter(), 0
+                hits.zero_()
+                loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
             every = cfg.trainer.checkpoint_every
             if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
                 if getattr(self, "_nonfinite", 0) == 0:  # never checkpoint a diverged state

@@ -182,7 +182,7 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
         from pipeline.data.dali import dali_loaders
 
         return dali_loaders(cfg, placement, seed)
-    if cfg.dataset == "cifar10":
+    if cfg.dataset in ("cifar10", "cifar100"):
         from pipeline.data.cifar import cifar_datasets
 
         train_set, val_set = cifar_datasets(cfg)
