@@ -75,8 +75,20 @@ class DeepSpeedEngine:
         self.engine.step()  # steps the optimizer only at the accumulation boundary
         return loss.detach().float()
 
+    def sync_buffers(self) -> None:
+        """Broadcast rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP does this before every forward; DeepSpeed does not, so each rank's BN statistics drift
+        on its own shard. Syncing before validation and checkpoints makes the validated model the
+        checkpointed one on every rank, and a resumed run identical to an uninterrupted one.
+        """
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            for buf in self.module.buffers():
+                torch.distributed.broadcast(buf.data, src=0)
+
     # Checkpoints: every rank writes its ZeRO shard; DeepSpeed's own layout under checkpoints/<tag>.
     def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict, keep: int) -> None:
+        self.sync_buffers()
         folder = Path(run_dir) / "checkpoints"
         tag = f"ds-step-{global_step:09d}"
         self.engine.save_checkpoint(str(folder), tag=tag, client_state=extra)

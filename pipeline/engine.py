@@ -89,6 +89,9 @@ class TorchEngine:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def sync_buffers(self) -> None:
+        """DDP already broadcasts rank 0's buffers before every forward."""
+
     def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict, keep: int) -> None:
         # Only rank 0 writes: DDP keeps the replicas identical.
         if self.rt.is_main:

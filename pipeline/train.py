@@ -309,6 +309,7 @@ class Trainer:
                 f"stopping (last good checkpoint kept in {ckpt.checkpoint_dir(self.run_dir)})")
 
     def validate(self) -> dict:
+        self.engine.sync_buffers()
         metrics = evaluate(self.engine.module, self.data.val, self.rt)
         if self.ema is not None:
             metrics.update(evaluate(self.ema.module, self.data.val, self.rt, prefix="val_ema"))

@@ -86,3 +86,22 @@ def test_failing_rank_ends_the_job_with_its_rank(tmp_path, demo_data):
                     timeout=300)
     assert proc.returncode != 0
     assert "error (rank 0): DeepSpeed config not found" in proc.stderr
+
+
+@pytest.mark.parametrize("engine", ["ddp", "deepspeed"])
+def test_resume_after_a_crash_continues_the_trajectory(tmp_path, demo_data, engine):
+    common = [*FAST, f"data.path={demo_data}", "trainer.epochs=2", "data.batch_size=16", "trainer.log_every=1",
+              "trainer.checkpoint_every=5", f"trainer.engine={engine}", "distributed.zero_stage=2"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert torchrun(2, "train", *common, f"trainer.run_dir={straight}").returncode == 0
+    env_fault = {"PIPELINE_FAULT_RAISE_AT_STEP": "8"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "pipeline", "train", *common, f"trainer.run_dir={crashed}", "distributed.timeout_s=120"],
+                          capture_output=True, text=True, cwd=REPO, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env_fault})
+    assert proc.returncode != 0 and "injected fault at step 8" in proc.stderr
+    proc = torchrun(2, "train", *common, f"trainer.run_dir={crashed}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumed from" in proc.stdout and "(epoch 1, step 5)" in proc.stdout
+    rows = lambda run: [(r["step"], r.get("train/loss"), r.get("val/top1")) for r in read_metrics(run)]  # noqa: E731
+    assert rows(crashed) == rows(straight)

@@ -68,3 +68,22 @@ def test_eval_command_reproduces_final_accuracy(tmp_path, demo_data):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["val/samples"] == 130
     assert result["val/top1"] == pytest.approx(_summary(run)["final/val/top1"])
+
+
+@pytest.mark.parametrize("options", [
+    ["data.mixup=0.2", "data.cutmix=1.0", "trainer.ema_decay=0.9", "optim.label_smoothing=0.1"],
+    ["optim.accumulation=2", "optim.nesterov=true", "optim.grad_clip=1.0", "optim.schedule=multistep",
+     "optim.milestones=[1]"],
+    ["optim.name=lamb", "optim.lr=0.002", "optim.schedule=step", "optim.step_size=1"],
+    ["optim.name=lars", "trainer.precision=fp32", "trainer.channels_last=false", "model.zero_init_last=true"],
+])
+def test_training_options_run(tmp_path, demo_data, options):
+    run = tmp_path / "run"
+    run_cli("train", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "trainer.epochs=2",
+            "data.batch_size=16", *options, check=True)
+    rows = read_metrics(run)
+    assert all(r["train/loss"] == r["train/loss"] for r in rows if "train/loss" in r)  # no NaN
+    summary = _summary(run)
+    assert summary["steps"] == 2 * (400 // 16 // (2 if "optim.accumulation=2" in options else 1))
+    if "trainer.ema_decay=0.9" in options:
+        assert "val_ema/top1" in rows[-1]
