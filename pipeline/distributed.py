@@ -66,9 +66,21 @@ def init_process_group(world: WorldInfo, device: torch.device, backend: str, tim
         backend = "nccl" if device.type == "cuda" else "gloo"
     os.environ.setdefault("MASTER_ADDR", world.master_addr)
     os.environ.setdefault("MASTER_PORT", str(world.master_port if world.world_size > 1 else _free_port()))
-    dist.init_process_group(backend, rank=world.rank, world_size=world.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s),
-                            device_id=device if device.type == "cuda" else None)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    device_id = device if device.type == "cuda" else None
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart > 0:
+        # After a torchrun restart the agent's store can still hold the previous round's keys
+        # (gloo/NCCL peer addresses): a rank reading them connects to a dead peer ("Connection
+        # refused"). Namespace this round's keys by the restart count.
+        from torch.distributed.rendezvous import rendezvous
+
+        store, _, _ = next(rendezvous("env://", world.rank, world.world_size, timeout=timeout))
+        dist.init_process_group(backend, store=dist.PrefixStore(f"pipeline/restart{restart}", store),
+                                rank=world.rank, world_size=world.world_size, timeout=timeout, device_id=device_id)
+        return
+    dist.init_process_group(backend, rank=world.rank, world_size=world.world_size, timeout=timeout,
+                            device_id=device_id)
 
 
 def _free_port() -> int:
