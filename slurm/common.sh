@@ -59,16 +59,17 @@ echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per
 # shellcheck disable=SC2016  # expanded by the remote shell on each node
 srun --ntasks-per-node=1 bash -c 'echo "node $(hostname -s) slurmd ${SLURMD_NODENAME:-?}"'
 
-# Preemption / time limit: sbatch --signal=B:USR1@N warns this shell. Send SIGTERM to the
-# training tasks themselves (scancel signals the job steps, not this shell; signalling srun would
-# make it kill the step at once): they checkpoint at the next step and exit 75. Then requeue the
-# job; it resumes from that checkpoint in the same run directory.
+# Preemption / time limit: sbatch --signal=B:USR1@N warns this shell. Pass SIGUSR1 on to the
+# training tasks themselves (scancel without --batch signals the job steps, not this shell; a
+# SIGTERM would make Slurm cancel the step, and signalling srun makes it kill the step): they
+# checkpoint at the next step and exit 75. Then requeue the job; it resumes from that checkpoint
+# in the same run directory.
 requeue=0
 # shellcheck disable=SC2329  # invoked by the trap
 on_warning() {
   echo "preemption or time-limit warning: checkpointing and requeueing job $job_id"
   requeue=1
-  scancel --signal=TERM "$job_id" || true
+  scancel --signal=USR1 "$job_id" || true
 }
 trap on_warning USR1
 
@@ -80,7 +81,14 @@ while true; do
   kill -0 "$train_pid" 2>/dev/null || break  # wait returned because of the trap: keep waiting
 done
 if [ "$requeue" = 1 ]; then
-  scontrol requeue "$job_id"
+  if ! scontrol requeue "$job_id"; then
+    echo "could not requeue job $job_id; resubmit it to resume from $run_dir" >&2
+    exit 1
+  fi
+  # The requeue ends this shell (SIGTERM). Wait for that instead of exiting: an exit status
+  # reported after the requeue could be taken for the next attempt's.
+  sleep 300 &
+  wait $! || true
   exit 0
 fi
 exit "$status"

@@ -56,10 +56,17 @@ def job_field(job: str, name: str) -> str:
 def wait_for(job: str, states=("COMPLETED",), timeout=300, restarts: int | None = None) -> str:
     """Poll scontrol (sbatch --wait polls every 32 s); release a requeued job's 120 s BeginTime hold."""
     deadline = time.time() + timeout
+    held_since = None
     while time.time() < deadline:
         state = job_field(job, "JobState")
         if job_field(job, "Reason") == "BeginTime":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            # Release only once the previous attempt has left the nodes: starting it again while
+            # they are still completing gets "Job credential revoked" (production waits 120 s).
+            held_since = held_since or time.time()
+            completing = subprocess.run(["sinfo", "-h", "-N", "-t", "completing", "-o", "%N"],
+                                        capture_output=True, text=True).stdout.strip()
+            if time.time() - held_since > 3 and not completing:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         if state in states and (restarts is None or job_field(job, "Restarts") == str(restarts)):
             return state
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
