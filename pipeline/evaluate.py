@@ -1,6 +1,7 @@
 """`pipeline eval`: load a checkpoint (newest in run_dir by default) and validate it."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pipeline import checkpoint as ckpt
@@ -30,7 +31,7 @@ def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
         data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
         model = build_model(cfg.model, cfg.model.num_classes or data.num_classes)
         model.load_state_dict(state["model"])
-        _, bare = wrap_model(model, cfg, rt.__class__(rt.device, rt.world, rt.precision, "single"))
+        _, bare = wrap_model(model, cfg, dataclasses.replace(rt, engine="single"))  # no DDP to evaluate
         metrics = evaluate(bare, data.val, rt)
         return {"checkpoint": str(path), "step": state["progress"]["global_step"], **metrics}
     finally:

@@ -17,7 +17,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import DataError, load_rgb, scan_folder
+from pipeline.data.folder import DataError, load_rgb, require_splits, scan_folder
 from pipeline.data.loader import DataBundle, Placement
 from pipeline.data.sampler import ShardPlan
 
@@ -130,9 +130,11 @@ class DaliLoader:
 
     backend = "dali"
 
-    def __init__(self, root: Path, cfg: DataConfig, placement: Placement, plan: ShardPlan, train: bool) -> None:
+    def __init__(self, root: Path, cfg: DataConfig, placement: Placement, world_size: int, batch_size: int,
+                 seed: int, train: bool) -> None:
         self.classes, self.samples = scan_folder(root)
-        self.cfg, self.placement, self.plan, self.train = cfg, placement, plan, train
+        self.plan = ShardPlan(len(self.samples), placement.rank, world_size, batch_size, train, seed)
+        self.cfg, self.placement, self.train = cfg, placement, train
         self.num_samples = len(self.samples)
         self.layout = "HWC" if placement.channels_last else "CHW"
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
@@ -233,14 +235,8 @@ def _reason(exc: Exception) -> str:
 
 def dali_loaders(cfg: DataConfig, placement: Placement, seed: int) -> DataBundle:
     root = Path(cfg.path)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and {root}/val/<class>/)")
+    require_splits(root)
     val_batch = cfg.val_batch_size or cfg.batch_size
-    train_n = len(scan_folder(root / "train")[1])
-    val_n = len(scan_folder(root / "val")[1])
-    train = DaliLoader(root / "train", cfg, placement,
-                       ShardPlan(train_n, placement.rank, placement.world_size, cfg.batch_size, True, seed), True)
-    val = DaliLoader(root / "val", cfg, placement,
-                     ShardPlan(val_n, placement.rank, placement.world_size, val_batch, False, seed), False)
+    train = DaliLoader(root / "train", cfg, placement, placement.world_size, cfg.batch_size, seed, True)
+    val = DaliLoader(root / "val", cfg, placement, placement.world_size, val_batch, seed, False)
     return DataBundle(train, val, len(train.classes), "dali", train.classes)

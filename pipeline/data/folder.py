@@ -43,13 +43,10 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
-def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: str) -> Image.Image:
     """Decode any PIL-readable image (CMYK, grayscale, 16-bit, palette) to 8-bit RGB."""
     with open(path, "rb") as fh:
         img = Image.open(fh)
-        if draft_size and img.format == "JPEG":
-            # JPEG DCT-domain downscaling: decode at the smallest 1/2^k scale still >= draft_size.
-            img.draft("RGB", (draft_size, draft_size))
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             img = img.point(lambda v: v / 256).convert("L")  # 16-bit: keep the top 8 bits
         img = img.convert("RGB")
@@ -77,12 +74,11 @@ class FolderDataset(torch.utils.data.Dataset):
     swapped for the next readable one under on_bad_image=skip.
     """
 
-    def __init__(self, root: Path, transform, on_bad_image: str = "fail", draft_size: int | None = None) -> None:
+    def __init__(self, root: Path, transform, on_bad_image: str = "fail") -> None:
         self.root = root
         self.classes, self.samples = scan_folder(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.draft_size = draft_size
         self.normalize: tuple | None = None  # (mean*255, std*255): normalize here (CPU training)
         self.hwc = False  # emit HWC so a batch is NHWC memory: channels_last with no copy
 
@@ -98,7 +94,7 @@ class FolderDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                img = load_rgb(path, self.draft_size)
+                img = load_rgb(path)
             except _DECODE_ERRORS as exc:
                 if self.on_bad_image == "fail":
                     raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
@@ -116,11 +112,15 @@ def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor
     return image.permute(1, 2, 0).contiguous() if hwc else image
 
 
-def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:
-    root = Path(cfg.path)
+def require_splits(root: Path) -> None:
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and {root}/val/<class>/)")
+
+
+def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:
+    root = Path(cfg.path)
+    require_splits(root)
     train = FolderDataset(root / "train", train_transform(cfg), cfg.on_bad_image)
     val = FolderDataset(root / "val", val_transform(cfg), cfg.on_bad_image)
     if val.classes != train.classes:
