@@ -115,13 +115,12 @@ def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
 
 def replica_checksum(module: torch.nn.Module, device: torch.device) -> bool:
     """True when every rank holds bit-identical parameters (compares exact fp64 sums across ranks)."""
-    with torch.no_grad():
-        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
-        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * torch.arange(len(flat), dtype=torch.float64,
-                                                                                     device=flat.device)).sum()])
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return True
-    mine = mine.to(device)
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        weights = torch.arange(len(flat), dtype=torch.float64, device=flat.device)  # order-sensitive
+        mine = torch.stack([flat.sum(), (flat * flat).sum(), (flat * weights).sum()]).to(device)
     gathered = [torch.zeros_like(mine) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(gathered, mine)
     return all(torch.equal(g, gathered[0]) for g in gathered)
@@ -183,6 +182,7 @@ class Trainer:
         if cfg.trainer.max_steps > 0:
             self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
         self.stop = StopSignal()
+        self.nonfinite_windows = 0  # consecutive log windows with a non-finite loss
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -272,14 +272,15 @@ class Trainer:
 
             at_log = s.global_step % cfg.trainer.log_every == 0 or s.step_in_epoch == self.steps_per_epoch
             if at_log:
-                mean_loss = float(loss_sum) / loss_count  # the one host sync of the log window
+                loss_total, hit_total = torch.stack([loss_sum, hits.to(loss_sum.dtype)]).tolist()  # the one host sync
+                mean_loss = loss_total / loss_count
                 elapsed = time.perf_counter() - window_start
                 img_per_sec = window_images / max(elapsed, 1e-9)
                 s.train_seconds += elapsed
                 self.check_finite(mean_loss)
                 s.img_per_sec.append(img_per_sec)
                 self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
-                                  "train/loss": mean_loss, "train/top1": 100.0 * int(hits) / max(1, local_images),
+                                  "train/loss": mean_loss, "train/top1": 100.0 * hit_total / max(1, local_images),
                                   "train/lr": self.schedule.current_lr(),
                                   "train/img_per_sec": img_per_sec})
                 progress.train_line(s.epoch, cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch,
@@ -289,7 +290,7 @@ class Trainer:
                 loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
             every = cfg.trainer.checkpoint_every
             if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
-                if getattr(self, "_nonfinite", 0) == 0:  # never checkpoint a diverged state
+                if self.nonfinite_windows == 0:  # never checkpoint a diverged state
                     self.save()
             if (rt.world.world_size == 1 or at_log) and self.stop.agreed(rt.world.world_size, rt.device):
                 self.save()
@@ -298,14 +299,14 @@ class Trainer:
 
     def check_finite(self, mean_loss: float) -> None:
         if math.isfinite(mean_loss):
-            self._nonfinite = 0
+            self.nonfinite_windows = 0
             return
-        self._nonfinite = getattr(self, "_nonfinite", 0) + 1
+        self.nonfinite_windows += 1
         if self.rt.precision == "fp16":
             return  # the GradScaler already skipped those steps and lowered the scale
-        if self._nonfinite >= self.cfg.trainer.nonfinite_patience:
+        if self.nonfinite_windows >= self.cfg.trainer.nonfinite_patience:
             raise NonFiniteLossError(
-                f"loss is {mean_loss} for {self._nonfinite} consecutive log intervals at step {self.state.global_step}; "
+                f"loss is {mean_loss} for {self.nonfinite_windows} consecutive log intervals at step {self.state.global_step}; "
                 f"stopping (last good checkpoint kept in {ckpt.checkpoint_dir(self.run_dir)})")
 
     def validate(self) -> dict:
@@ -337,7 +338,7 @@ class Trainer:
                                      f"({s.last_val['val/samples']} images)")
                 s.epoch += 1
                 s.step_in_epoch = 0
-                if getattr(self, "_nonfinite", 0) == 0:  # never checkpoint a diverged state
+                if self.nonfinite_windows == 0:  # never checkpoint a diverged state
                     self.save()
             if not interrupted and s.global_step >= self.total_steps and not s.last_val:
                 s.last_val = self.validate()  # stopped by max_steps before any validation
