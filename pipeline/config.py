@@ -61,10 +61,13 @@ class DataConfig:
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
     hflip: float = 0.5
-    # DALI train resize without antialiasing: 1.18x the CPU pipeline's images/s here
-    # (docs/benchmarks.md); random-resized-crop scale jitter dominates any aliasing. Val always
-    # antialiases.
-    train_antialias: bool = False
+    # Antialias the train resize when the crop is downscaled, like torchvision's PIL
+    # RandomResizedCrop that the papers' recipes used. Val always antialiases.
+    train_antialias: bool = True
+    # DALI: which library resizes, flips and normalizes the decoded crops. auto: DALI's own
+    # operators on a GPU; torch's vectorized uint8 resize on CPU, where DALI's CPU resampler costs
+    # about 4x more per image (docs/benchmarks.md). "dali" on CPU runs the GPU graph's CPU twin.
+    dali_resize: str = "auto"  # auto | dali | torch
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     workers: int = 2  # loader processes per rank (torchvision) / threads (DALI)
@@ -288,6 +291,7 @@ _CHOICES = {
     "data.backend": ("auto", "torchvision", "dali", "synthetic"),
     "data.dataset": ("imagefolder", "cifar10", "cifar100", "synthetic"),
     "data.on_bad_image": ("fail", "skip"),
+    "data.dali_resize": ("auto", "dali", "torch"),
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "step", "multistep", "constant"),
     "optim.milestones_in": ("epochs", "steps"),

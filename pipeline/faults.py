@@ -8,6 +8,7 @@ Off unless a PIPELINE_FAULT_* variable is set; each check is a dict lookup on th
   PIPELINE_FAULT_SLOW_CHECKPOINT=s         sleep s seconds after writing a checkpoint's temp file,
                                            before the rename (a reliable window to kill the writer)
   PIPELINE_FAULT_CHECKPOINT_ERRNO=n        fail checkpoint writes with OSError(n) (28 = ENOSPC)
+  PIPELINE_FAULT_SLOW_BATCH=s              sleep s seconds in each training batch fetch (a starved loader)
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def before_step(step: int) -> None:
     if (k := _step_var("PIPELINE_FAULT_STALL_AT_STEP")) is not None and step == k:
         while True:
             time.sleep(3600)
+
+
+def slow_batch() -> None:
+    if "PIPELINE_FAULT_SLOW_BATCH" in _ENV and _for_me():
+        time.sleep(float(_ENV["PIPELINE_FAULT_SLOW_BATCH"]))
 
 
 def nan_loss(step: int) -> bool:

@@ -18,7 +18,7 @@ from pipeline.config import RootConfig, to_dict
 ID_FILE = "wandb_run_id.txt"
 # Summary metrics W&B's run table sorts by.
 SUMMARIES = {"val/top1": "max,last", "val/top5": "max,last", "val/loss": "min,last",
-             "train/loss": "min,last", "train/img_per_sec": "mean"}
+             "train/loss": "min,last", "train/img_per_sec": "mean", "train/data_wait": "mean"}
 
 
 def resolve_mode(mode: str) -> str:
@@ -71,7 +71,8 @@ class WandbTracker:
         self.run.log(record)
 
     def finish(self, summary: dict, checkpoint: Path | None, interrupted: bool) -> None:
-        for key in ("best/val/top1", "final/val/top1", "train/img_per_sec", "device_hours", "wall_seconds"):
+        for key in ("best/val/top1", "final/val/top1", "train/img_per_sec", "train/data_wait", "device_hours",
+                    "wall_seconds"):
             if summary.get(key) is not None:
                 self.run.summary[key] = summary[key]
         if self.cfg.logging.wandb.log_checkpoints and checkpoint is not None and checkpoint.exists():

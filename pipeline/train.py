@@ -45,6 +45,9 @@ class TrainState:
     img_per_sec: list = field(default_factory=list)
     wandb_run_id: str = ""
     train_seconds: float = 0.0  # accumulated over attempts (resume keeps counting)
+    # Per log window: the share of wall time the loop spent waiting for the next batch. On a GPU
+    # the host runs ahead of the device, so time blocked on the loader is time the GPU may starve.
+    data_wait: list = field(default_factory=list)
 
 
 class StopSignal:
@@ -192,7 +195,8 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema else None, "rng": ckpt.rng_state(),
                 "progress": {"epoch": s.epoch, "step_in_epoch": s.step_in_epoch, "global_step": s.global_step,
                              "best_top1": s.best_top1, "train_seconds": s.train_seconds,
-                             "img_per_sec": list(s.img_per_sec[-50:]), "last_val": dict(s.last_val)},
+                             "img_per_sec": list(s.img_per_sec[-50:]), "data_wait": list(s.data_wait[-50:]),
+                             "last_val": dict(s.last_val)},
                 "wandb_run_id": s.wandb_run_id, "config": to_dict(self.cfg)}
 
     def save(self) -> None:
@@ -222,7 +226,8 @@ class Trainer:
         p = state["progress"]
         self.state = TrainState(p["epoch"], p["step_in_epoch"], p["global_step"], p["best_top1"],
                                 p.get("last_val", {}), list(p.get("img_per_sec", [])),
-                                state.get("wandb_run_id", ""), p.get("train_seconds", 0.0))
+                                state.get("wandb_run_id", ""), p.get("train_seconds", 0.0),
+                                list(p.get("data_wait", [])))
         self.metrics.truncate_after(self.state.global_step)
         self.log_line(f"resumed from {path} (epoch {p['epoch'] + 1}, step {p['global_step']})")
 
@@ -240,6 +245,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=rt.device)  # accumulated on device: no host sync per step
         hits = torch.zeros((), device=rt.device, dtype=torch.long)  # correct top-1 on this rank's batches
         loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
+        data_wait = 0.0
 
         def counted_loss(logits, target):
             labels_ = target.argmax(1) if target.ndim > 1 else target  # mixup targets are soft
@@ -252,7 +258,10 @@ class Trainer:
             self.schedule.set_step(s.global_step)
             faults.before_step(s.global_step)
             for micro in range(self.accumulation):
+                wait_start = time.perf_counter()
                 images, labels = next(batches)
+                faults.slow_batch()
+                data_wait += time.perf_counter() - wait_start
                 if self.mixup is not None:
                     images, labels = self.mixup(images, labels)
                 loss_fn = counted_loss
@@ -279,15 +288,17 @@ class Trainer:
                 s.train_seconds += elapsed
                 self.check_finite(mean_loss)
                 s.img_per_sec.append(img_per_sec)
+                s.data_wait.append(data_wait / max(elapsed, 1e-9))
                 self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
                                   "train/loss": mean_loss, "train/top1": 100.0 * hit_total / max(1, local_images),
                                   "train/lr": self.schedule.current_lr(),
-                                  "train/img_per_sec": img_per_sec})
+                                  "train/img_per_sec": img_per_sec, "train/data_wait": s.data_wait[-1]})
                 progress.train_line(s.epoch, cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch,
                                     s.global_step, mean_loss, self.schedule.current_lr(), img_per_sec)
                 loss_sum.zero_()
                 hits.zero_()
                 loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
+                data_wait = 0.0
             every = cfg.trainer.checkpoint_every
             if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
                 if self.nonfinite_windows == 0:  # never checkpoint a diverged state
@@ -353,11 +364,13 @@ class Trainer:
     def summary(self, status: str) -> dict:
         s = self.state
         rates = s.img_per_sec[1:] or s.img_per_sec  # the first window includes warm-up
+        waits = s.data_wait[1:] or s.data_wait
         summary = {"status": status, "model": self.cfg.model.name, "parameters": self.num_params,
                    "best/val/top1": s.best_top1 if s.best_top1 >= 0 else None,
                    "final/val/top1": s.last_val.get("val/top1"), "final/val/top5": s.last_val.get("val/top5"),
                    "val/samples": s.last_val.get("val/samples"),
                    "train/img_per_sec": statistics.median(rates) if rates else None,
+                   "train/data_wait": round(statistics.median(waits), 4) if waits else None,
                    "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
                    "train_seconds": round(s.train_seconds, 2),
                    "replaced_images": getattr(self.data.train, "replaced_images", 0),

@@ -87,3 +87,14 @@ def test_training_options_run(tmp_path, demo_data, options):
     assert summary["steps"] == 2 * (400 // 16 // (2 if "optim.accumulation=2" in options else 1))
     if "trainer.ema_decay=0.9" in options:
         assert "val_ema/top1" in rows[-1]
+
+
+def test_data_wait_fraction_sees_a_starved_loader(tmp_path):
+    common = [*FAST, "data.backend=synthetic", "data.synthetic_samples=256", "trainer.max_steps=6", "trainer.epochs=1"]
+    run_cli("train", *common, f"trainer.run_dir={tmp_path / 'fed'}", check=True)
+    run_cli("train", *common, f"trainer.run_dir={tmp_path / 'starved'}", check=True,
+            env={"PIPELINE_FAULT_SLOW_BATCH": "0.3"})
+    fed, starved = _summary(tmp_path / "fed"), _summary(tmp_path / "starved")
+    assert fed["train/data_wait"] < 0.05  # batches resident in memory: the loop never waits
+    assert starved["train/data_wait"] > 0.5  # 0.3 s per batch against a much shorter step
+    assert all(0 <= r["train/data_wait"] <= 1 for r in read_metrics(tmp_path / "starved") if "train/data_wait" in r)
