@@ -2,7 +2,9 @@
 
 Baseline: torchvision ImageFolder + PIL transforms + DataLoader(num_workers=W), the loader most
 PyTorch ImageNet scripts use. Each backend's pass ends at normalized float batches in the model's
-memory format on the CPU. Median of `repeats` full passes after a warm-up pass (page cache warm).
+memory format on `--device` (the baseline's stay on the CPU; with `--device cuda` the project's
+backends end on the GPU: DALI's "mixed" decode pipeline alone, the figure to set against what
+training consumes). Median of `repeats` full passes after a warm-up pass (page cache warm).
 The last line of output is one JSON object.
 """
 from __future__ import annotations
@@ -38,14 +40,14 @@ def _baseline(root: Path, split: str, batch: int, workers: int, size: int):
     return one_pass
 
 
-def _project(root: Path, split: str, batch: int, workers: int, size: int, backend: str):
+def _project(root: Path, split: str, batch: int, workers: int, size: int, backend: str, device: torch.device):
     from pipeline.config import load_config
     from pipeline.data import Placement, build_data
 
     cfg = load_config(None, [f"data.path={root}", f"data.backend={backend}", f"data.batch_size={batch}",
                              f"data.workers={workers}", f"data.image_size={size}", "data.scale=[0.08,1.0]",
                              "data.make_demo=false"])
-    data = build_data(cfg.data, Placement(torch.device("cpu"), channels_last=True), seed=0)
+    data = build_data(cfg.data, Placement(device, channels_last=True), seed=0)
     loader = data.train if split == "train" else data.val
     epoch = [0]
 
@@ -55,6 +57,8 @@ def _project(root: Path, split: str, batch: int, workers: int, size: int, backen
         n = 0
         for images, _ in loader:
             n += len(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the pass is done when its last batch is on the device
         return n
     return one_pass
 
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backends", default="baseline,torchvision,dali")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the project's batches end")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.workers))
     root = Path(args.dir)
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             if backend == "baseline":
                 one_pass = _baseline(root, split, args.batch, args.workers, args.image_size)
             else:
-                one_pass = _project(root, split, args.batch, args.workers, args.image_size, backend)
+                one_pass = _project(root, split, args.batch, args.workers, args.image_size, backend,
+                                    torch.device(args.device))
             one_pass()  # warm-up: page cache, worker start, pipeline build
             rates = []
             for _ in range(args.repeats):
@@ -85,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
                 rates.append(n / (time.perf_counter() - start))
             rows.append({"split": split, "backend": backend, "img_per_sec": statistics.median(rates),
                          "min": min(rates), "max": max(rates)})
-    print(f"{root}: batch {args.batch}, {args.workers} workers/threads, {args.image_size}px, median of {args.repeats} passes")
+    print(f"{root}: batch {args.batch}, {args.workers} workers/threads, {args.image_size}px, device {args.device}, "
+          f"median of {args.repeats} passes")
     print(f"{'split':<6} {'backend':<12} {'img/s':>8} {'vs baseline':>12}   min..max")
     for r in rows:
-        base = next(b for b in rows if b["split"] == r["split"] and b["backend"] == "baseline")
-        r["ratio_vs_baseline"] = r["img_per_sec"] / base["img_per_sec"]
-        print(f"{r['split']:<6} {r['backend']:<12} {r['img_per_sec']:>8.1f} {r['ratio_vs_baseline']:>11.2f}x   "
-              f"{r['min']:.0f}..{r['max']:.0f}")
-    print(json.dumps({"dir": str(root), "batch": args.batch, "workers": args.workers, "rows": rows}))
+        base = next((b for b in rows if b["split"] == r["split"] and b["backend"] == "baseline"), None)
+        r["ratio_vs_baseline"] = r["img_per_sec"] / base["img_per_sec"] if base else None
+        ratio = f"{r['ratio_vs_baseline']:>11.2f}x" if base else f"{'-':>12}"
+        print(f"{r['split']:<6} {r['backend']:<12} {r['img_per_sec']:>8.1f} {ratio}   {r['min']:.0f}..{r['max']:.0f}")
+    print(json.dumps({"dir": str(root), "batch": args.batch, "workers": args.workers, "device": args.device,
+                      "rows": rows}))
     return 0
