@@ -49,7 +49,8 @@ def load_rgb(path: str) -> Image.Image:
         img = Image.open(fh)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             img = img.point(lambda v: v / 256).convert("L")  # 16-bit: keep the top 8 bits
-        img = img.convert("RGB")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
         img.load()
     return img
 
@@ -88,8 +89,10 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         # Seed per sample: the crop and flip depend on (run seed, epoch, index) only, so a resumed
-        # run and a run with a different number of workers see identical augmentations.
-        torch.manual_seed(seed)
+        # run and a run with a different number of workers see identical augmentations. Only the
+        # CPU generator: torch.manual_seed also queues CUDA seeding and records a stack trace for
+        # it, 0.5 ms per call, a third of a sample's whole cost here.
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
@@ -106,10 +109,18 @@ class FolderDataset(torch.utils.data.Dataset):
 
 def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor:
     """Optional normalization and HWC layout, done in the loader worker."""
-    if stats is not None:
-        mean, std = (torch.tensor(v).view(3, 1, 1) for v in stats)
-        image = (image.float() - mean) / std
-    return image.permute(1, 2, 0).contiguous() if hwc else image
+    if hwc:
+        image = image.permute(1, 2, 0).contiguous()  # reorder as uint8: 4x fewer bytes than float
+    if stats is None:
+        return image
+    mean, std = (torch.tensor(v) for v in stats)
+    if not hwc:
+        return (image.float() - mean.view(3, 1, 1)) / std.view(3, 1, 1)
+    # HWC rows of width*3 interleaved values: broadcasting over a last dimension of 3 does not
+    # vectorize, one over a whole row does.
+    width = image.shape[1]
+    rows = image.float().view(-1, width * 3)
+    return rows.sub_(mean.repeat(width)).div_(std.repeat(width)).view(image.shape)
 
 
 def require_splits(root: Path) -> None:
