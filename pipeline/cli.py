@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Before torch is imported (it reads this once): CPU tensors of 2 MB and more get transparent huge
 # pages, so a fresh 38 MB image batch takes ~20 page faults instead of ~9,400. On CPU this made
-# the DALI loader's batch allocation 5.7x cheaper (docs/benchmarks.md); it is a no-op where the
+# a fresh DALI batch 4.5x cheaper to allocate (docs/benchmarks.md); it is a no-op where the
 # kernel has THP disabled.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 

@@ -69,12 +69,12 @@ class Progress:
             self.bar.refresh()
 
     def train_line(self, epoch: int, epochs: int, step: int, steps: int, global_step: int,
-                   loss: float, lr: float, img_per_sec: float) -> None:
+                   loss: float, lr: float, img_per_sec: float, data_wait: float = 0.0) -> None:
         elapsed = time.perf_counter() - self.start
         done = max(1, global_step - self.start_step)
         eta = elapsed / done * (self.total_steps - global_step)
         text = (f"epoch {epoch + 1}/{epochs} step {step}/{steps} loss {loss:.4f} lr {lr:.4g} "
-                f"{img_per_sec:.0f} img/s eta {format_duration(eta)}")
+                f"{img_per_sec:.0f} img/s data wait {data_wait:.0%} eta {format_duration(eta)}")
         self.message(text, bar_postfix=True)
 
     def message(self, text: str, bar_postfix: bool = False) -> None:

@@ -294,7 +294,7 @@ class Trainer:
                                   "train/lr": self.schedule.current_lr(),
                                   "train/img_per_sec": img_per_sec, "train/data_wait": s.data_wait[-1]})
                 progress.train_line(s.epoch, cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch,
-                                    s.global_step, mean_loss, self.schedule.current_lr(), img_per_sec)
+                                    s.global_step, mean_loss, self.schedule.current_lr(), img_per_sec, s.data_wait[-1])
                 loss_sum.zero_()
                 hits.zero_()
                 loss_count, window_start, window_images, local_images = 0, time.perf_counter(), 0, 0
