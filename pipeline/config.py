@@ -66,7 +66,7 @@ class DataConfig:
     train_antialias: bool = True
     # DALI: which library resizes, flips and normalizes the decoded crops. auto: DALI's own
     # operators on a GPU; torch's vectorized uint8 resize on CPU, where DALI's CPU resampler costs
-    # 5-7x more per image, antialiased (docs/benchmarks.md). "dali" on CPU runs the GPU graph's CPU twin.
+    # 4-7x more per image, antialiased (docs/benchmarks.md). "dali" on CPU runs the GPU graph's CPU twin.
     dali_resize: str = "auto"  # auto | dali | torch
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -8,7 +8,7 @@ restarts at the exact batch.
 On a GPU the DALI graph does everything after reading the bytes: ROI decode (hardware decoder where
 there is one), resize, flip, normalize. On CPU the same graph runs with CPU operators up to the
 decoded crops, and torch's vectorized resize finishes them (`data.dali_resize`): DALI's CPU
-resampler costs 5-7x more per image than torch's (antialiased), more than the ROI decode itself.
+resampler costs 4-7x more per image than torch's (antialiased), more than the ROI decode itself.
 """
 from __future__ import annotations
 
@@ -109,8 +109,8 @@ def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, la
 class TorchResize:
     """Resize decoded crops (uint8 HWC, any size) to size x size, flip, normalize, in torch.
 
-    torch's uint8 channels-last bilinear kernel is vectorized; on CPU it costs 0.11-0.14 core-ms
-    per ImageNet crop against 0.74-0.79 for DALI's CPU resampler, both antialiased (bench/cpu_resize.py,
+    torch's uint8 channels-last bilinear kernel is vectorized; on CPU it costs 0.11-0.16 core-ms
+    per ImageNet crop against 0.72-0.79 for DALI's CPU resampler, both antialiased (bench/cpu_resize.py,
     docs/benchmarks.md). Each crop is
     resized into a reused uint8 batch, then the whole batch is normalized in one pass.
     """
