@@ -8,7 +8,8 @@
 #     - `pipeline train` on those JPEGs through DALI and on synthetic data, same model and batch:
 #       images/s, the share of time the loop waits for data, peak memory.
 #  3. The torchvision.io.decode_jpeg GPU decode baseline.
-#  COMPILE=1 adds the torch.compile variants (about 2 more minutes).
+#  COMPILE=1 adds torch.compile (default and reduce-overhead = CUDA graphs) variants and a check that
+#  CUDA graphs reproduce the eager losses (several more minutes: each variant compiles).
 set -euo pipefail
 OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
@@ -29,7 +30,25 @@ python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, '
 BATCH="${BATCH:-256}"
 python3 -m pipeline bench train --model resnet50 --batch "$BATCH" --steps 30 --repeats 3 2>&1 | tee "$OUT/bench_train_resnet50_b${BATCH}.txt"
 if [ "${COMPILE:-0}" = 1 ]; then
-  python3 -m pipeline bench train --model resnet50 --batch "$BATCH" --steps 30 --repeats 3 --skip-fp32 --compile 2>&1 | tee "$OUT/bench_train_compile.txt" || true
+  for mode in default reduce-overhead; do
+    python3 -m pipeline bench train --model resnet50 --batch "$BATCH" --steps 30 --repeats 3 --skip-fp32 --compile \
+      --compile-mode "$mode" 2>&1 | tee "$OUT/bench_train_compile_${mode}.txt" || true
+  done
+  # CUDA graphs (reduce-overhead) must not change the arithmetic: the same 20 fp32 steps, eager and graphed.
+  steps=(model.name=resnet18 data.backend=synthetic data.batch_size=64 data.image_size=224 trainer.precision=fp32
+         trainer.epochs=1 trainer.max_steps=20 trainer.log_every=1 data.synthetic_samples=1280
+         logging.progress=none logging.wandb.mode=disabled trainer.resume=never)
+  python3 -m pipeline train "${steps[@]}" trainer.run_dir=/tmp/graphs_eager > "$OUT/graphs_eager.txt" 2>&1 || true
+  python3 -m pipeline train "${steps[@]}" trainer.compile=true trainer.compile_mode=reduce-overhead \
+    trainer.run_dir=/tmp/graphs_on > "$OUT/graphs_on.txt" 2>&1 || true
+  python3 - <<'EOF' | tee "$OUT/graphs_vs_eager.txt" || true
+import json
+def losses(run):
+    return [r["train/loss"] for r in map(json.loads, open(f"/tmp/{run}/metrics.jsonl")) if "train/loss" in r]
+eager, graphs = losses("graphs_eager"), losses("graphs_on")
+worst = max(abs(g - e) / abs(e) for e, g in zip(eager, graphs))
+print(f"{len(eager)} eager / {len(graphs)} graphed steps; largest relative loss difference {worst:.2e}")
+EOF
 fi
 
 if python3 -c "import nvidia.dali" 2>/dev/null; then

@@ -112,6 +112,9 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
     channels_last: bool = True
     compile: bool = False
+    # torch.compile mode. reduce-overhead (and max-autotune) also capture CUDA graphs with torch's
+    # cudagraph trees, which replay a whole step with one launch; on CPU they compile without graphs.
+    compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     compile_cache_dir: str = ""  # TORCHINDUCTOR_CACHE_DIR when set
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto (ddp when world > 1, else single) | single | ddp | deepspeed
@@ -298,6 +301,7 @@ _CHOICES = {
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "trainer.on_checkpoint_error": ("continue", "stop"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "logging.progress": ("auto", "bar", "lines", "none"),

@@ -46,7 +46,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     if cfg.trainer.compile:
         if cfg.trainer.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.trainer.compile_mode)
     if rt.engine == "ddp":
         model = DistributedDataParallel(
             model,
@@ -62,9 +62,10 @@ class TorchEngine:
     """Single process or DDP: autocast forward, (scaled) backward, clip, step."""
 
     def __init__(self, model: nn.Module, bare: nn.Module, optimizer: torch.optim.Optimizer, rt: Runtime,
-                 grad_clip: float) -> None:
+                 grad_clip: float, cuda_graphs: bool = False) -> None:
         self.model, self.module, self.optimizer, self.rt = model, bare, optimizer, rt
         self.grad_clip = grad_clip
+        self.cuda_graphs = cuda_graphs
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
 
@@ -76,6 +77,10 @@ class TorchEngine:
         """Forward and backward of one micro-batch; steps the optimizer on the last one."""
         # DDP all-reduces gradients in backward; skip that for all but the last micro-batch.
         sync = self.model.no_sync() if (self.rt.engine == "ddp" and not last_micro) else contextlib.nullcontext()
+        if self.cuda_graphs:
+            # A new step: the graphs may overwrite the previous replay's outputs (the loss was
+            # already accumulated into a separate tensor, nothing else is kept).
+            torch.compiler.cudagraph_mark_step_begin()
         with sync:
             with self.autocast():
                 loss = loss_fn(self.model(images), targets)

@@ -171,7 +171,9 @@ class Trainer:
 
             self.engine = DeepSpeedEngine(bare, optimizer, cfg, rt)
         else:
-            self.engine = TorchEngine(model, bare, optimizer, rt, cfg.optim.grad_clip)
+            cuda_graphs = (cfg.trainer.compile and rt.device.type == "cuda"
+                           and cfg.trainer.compile_mode in ("reduce-overhead", "max-autotune"))
+            self.engine = TorchEngine(model, bare, optimizer, rt, cfg.optim.grad_clip, cuda_graphs)
         self.schedule = LRSchedule(optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs)
         self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
         self.ema = None

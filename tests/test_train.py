@@ -98,3 +98,16 @@ def test_data_wait_fraction_sees_a_starved_loader(tmp_path):
     assert fed["train/data_wait"] < 0.05  # batches resident in memory: the loop never waits
     assert starved["train/data_wait"] > 0.5  # 0.3 s per batch against a much shorter step
     assert all(0 <= r["train/data_wait"] <= 1 for r in read_metrics(tmp_path / "starved") if "train/data_wait" in r)
+
+
+def test_compiled_step_matches_eager(tmp_path, demo_data):
+    """trainer.compile with reduce-overhead (CUDA graphs on a GPU; compiled kernels alone on CPU)
+    follows the eager run's losses step by step."""
+    common = [*FAST, f"data.path={demo_data}", "trainer.epochs=1", "trainer.max_steps=4", "trainer.log_every=1",
+              "trainer.precision=fp32", "data.batch_size=16"]
+    run_cli("train", *common, f"trainer.run_dir={tmp_path / 'eager'}", check=True)
+    run_cli("train", *common, "trainer.compile=true", "trainer.compile_mode=reduce-overhead",
+            f"trainer.compile_cache_dir={tmp_path / 'inductor'}", f"trainer.run_dir={tmp_path / 'compiled'}", check=True)
+    eager, compiled = ([r["train/loss"] for r in read_metrics(tmp_path / run) if "train/loss" in r]
+                       for run in ("eager", "compiled"))
+    assert len(eager) == 4 and compiled == pytest.approx(eager, rel=1e-3)
