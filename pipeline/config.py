@@ -53,6 +53,10 @@ class DataConfig:
     backend: str = "auto"
     dataset: str = "imagefolder"  # imagefolder (train/<class>/*, val/<class>/*) | cifar10 | synthetic
     path: str = "data/demo"
+    # Optional file lists instead of the train/ and val/ folders (DALI's file_list format: one
+    # "<path> <integer label>" per line, relative paths from the list's folder).
+    train_list: str = ""
+    val_list: str = ""
     make_demo: bool = True  # create the demo dataset at data.path when it is missing
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size

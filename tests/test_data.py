@@ -274,3 +274,32 @@ def test_dali_torch_resize_is_cpu_only(demo_data):
         _resize_in_torch(cfg, torch.device("cuda"))
     auto = load_config(None, []).data
     assert _resize_in_torch(auto, torch.device("cpu")) and not _resize_in_torch(auto, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "dali"])
+def test_file_lists_replace_the_folders(tmp_path, demo_data, backend):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    # Lists in DALI's file_list format, relative to the list's folder: two classes, relabelled.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "train.txt").write_text("".join(f"{demo_data}/train/{name}/{name}_{i:04d}.JPEG {label}\n"
+                                             for label, name in enumerate(("rings", "dots")) for i in range(12)))
+    (lists / "images").symlink_to(demo_data / "val")
+    (lists / "val.txt").write_text("# relative paths\n" + "".join(f"images/{name}/{name}_{i:04d}.JPEG {label}\n"
+                                                               for label, name in enumerate(("rings", "dots")) for i in range(5)))
+    cfg = load_config(None, ["data.path=/nonexistent", f"data.train_list={lists / 'train.txt'}",
+                             f"data.val_list={lists / 'val.txt'}", f"data.backend={backend}", "data.image_size=32",
+                             "data.batch_size=4", "data.workers=1"])
+    data = build_data(cfg.data, Placement(torch.device("cpu"), True), seed=0)
+    assert (data.num_classes, data.train.num_samples, data.val.num_samples) == (2, 24, 10)
+    data.val.set_epoch(0)
+    assert [int(x) for _, labels in data.val for x in labels] == [0] * 5 + [1] * 5
+    data.train.set_epoch(0)
+    assert sum(len(labels) for _, labels in data.train) == 24
+
+    (lists / "bad.txt").write_text("images/rings/rings_0000.JPEG 0\nimages/dots/dots_0000.JPEG one\n")
+    bad = load_config(None, [f"data.train_list={lists / 'bad.txt'}", f"data.val_list={lists / 'val.txt'}",
+                             f"data.backend={backend}"])
+    with pytest.raises(DataError, match="bad.txt line 2: expected"):
+        build_data(bad.data, Placement(torch.device("cpu"), True), seed=0)

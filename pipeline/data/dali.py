@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import DataError, load_rgb, require_splits, scan_folder
+from pipeline.data.folder import DataError, load_rgb, split_samples
 from pipeline.data.loader import DataBundle, Placement
 from pipeline.data.sampler import ShardPlan
 
@@ -214,9 +213,9 @@ class DaliLoader:
 
     backend = "dali"
 
-    def __init__(self, root: Path, cfg: DataConfig, placement: Placement, world_size: int, batch_size: int,
-                 seed: int, train: bool) -> None:
-        self.classes, self.samples = scan_folder(root)
+    def __init__(self, split: tuple[list[str], list[tuple[str, int]]], cfg: DataConfig, placement: Placement,
+                 world_size: int, batch_size: int, seed: int, train: bool) -> None:
+        self.classes, self.samples = split
         self.plan = ShardPlan(len(self.samples), placement.rank, world_size, batch_size, train, seed)
         self.cfg, self.placement, self.train = cfg, placement, train
         self.num_samples = len(self.samples)
@@ -340,9 +339,8 @@ def _reason(exc: Exception) -> str:
 
 
 def dali_loaders(cfg: DataConfig, placement: Placement, seed: int) -> DataBundle:
-    root = Path(cfg.path)
-    require_splits(root)
+    splits = split_samples(cfg)
     val_batch = cfg.val_batch_size or cfg.batch_size
-    train = DaliLoader(root / "train", cfg, placement, placement.world_size, cfg.batch_size, seed, True)
-    val = DaliLoader(root / "val", cfg, placement, placement.world_size, val_batch, seed, False)
+    train = DaliLoader(splits["train"], cfg, placement, placement.world_size, cfg.batch_size, seed, True)
+    val = DaliLoader(splits["val"], cfg, placement, placement.world_size, val_batch, seed, False)
     return DataBundle(train, val, len(train.classes), "dali", train.classes)

@@ -43,6 +43,48 @@ def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
+def read_file_list(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """A file list in DALI's `file_list` format: one "<path> <label>" per line, the label an integer
+    class index, relative paths taken from the list's folder. Classes are named by their index."""
+    if not path.is_file():
+        raise DataError(f"file list not found: {path}")
+    samples = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, label = line.strip().rpartition(" ")
+        if not name.strip() or not label.isdigit():
+            raise DataError(f"file list {path} line {number}: expected '<path> <integer label>', got {line.strip()!r}")
+        samples.append((str(path.parent / name.strip()), int(label)))
+    if not samples:
+        raise DataError(f"file list {path} lists no images")
+    return [str(i) for i in range(max(label for _, label in samples) + 1)], samples
+
+
+def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str, int]]]]:
+    """(classes, samples) of the train and val splits, from `data.train_list` / `data.val_list`
+    when given, else from the folders data.path/train and data.path/val, checked to agree."""
+    root = Path(cfg.path)
+    splits = {}
+    for split, listed in (("train", cfg.train_list), ("val", cfg.val_list)):
+        if listed:
+            splits[split] = read_file_list(Path(listed))
+            continue
+        if not (root / split).is_dir():
+            raise DataError(f"dataset split not found: {root / split} "
+                            f"(expected {root}/train/<class>/ and {root}/val/<class>/, or data.{split}_list)")
+        splits[split] = scan_folder(root / split)
+    (train_classes, _), (val_classes, val_samples) = splits["train"], splits["val"]
+    if cfg.train_list or cfg.val_list:
+        top = max(label for _, label in val_samples)
+        if top >= len(train_classes):
+            raise DataError(f"val label {top} is outside the {len(train_classes)} train classes")
+    elif val_classes != train_classes:
+        missing = sorted(set(train_classes) ^ set(val_classes))[:3]
+        raise DataError(f"train and val class folders differ in {root} (e.g. {', '.join(missing)})")
+    return splits
+
+
 def load_rgb(path: str) -> Image.Image:
     """Decode any PIL-readable image (CMYK, grayscale, 16-bit, palette) to 8-bit RGB."""
     with open(path, "rb") as fh:
@@ -75,9 +117,8 @@ class FolderDataset(torch.utils.data.Dataset):
     swapped for the next readable one under on_bad_image=skip.
     """
 
-    def __init__(self, root: Path, transform, on_bad_image: str = "fail") -> None:
-        self.root = root
-        self.classes, self.samples = scan_folder(root)
+    def __init__(self, classes: list[str], samples: list[tuple[str, int]], transform, on_bad_image: str = "fail") -> None:
+        self.classes, self.samples = classes, samples
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.normalize: tuple | None = None  # (mean*255, std*255): normalize here (CPU training)
@@ -104,7 +145,7 @@ class FolderDataset(torch.utils.data.Dataset):
                 print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
                 continue
             return _finish(self.transform(img), self.normalize, self.hwc), label, int(attempt > 0)
-        raise DataError(f"no readable image in {self.root}")
+        raise DataError(f"no readable image among the {len(self.samples)} of this split")
 
 
 def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor:
@@ -123,18 +164,7 @@ def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor
     return rows.sub_(mean.repeat(width)).div_(std.repeat(width)).view(image.shape)
 
 
-def require_splits(root: Path) -> None:
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and {root}/val/<class>/)")
-
-
 def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:
-    root = Path(cfg.path)
-    require_splits(root)
-    train = FolderDataset(root / "train", train_transform(cfg), cfg.on_bad_image)
-    val = FolderDataset(root / "val", val_transform(cfg), cfg.on_bad_image)
-    if val.classes != train.classes:
-        missing = sorted(set(train.classes) ^ set(val.classes))[:3]
-        raise DataError(f"train and val class folders differ in {root} (e.g. {', '.join(missing)})")
-    return train, val
+    splits = split_samples(cfg)
+    return (FolderDataset(*splits["train"], train_transform(cfg), cfg.on_bad_image),
+            FolderDataset(*splits["val"], val_transform(cfg), cfg.on_bad_image))

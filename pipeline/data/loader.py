@@ -172,7 +172,8 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
         return DataBundle(SyntheticLoader(cfg, classes, placement, True, seed),
                           SyntheticLoader(cfg, classes, placement, False, seed + 1),
                           classes, backend, [str(i) for i in range(classes)])
-    if cfg.dataset == "imagefolder" and cfg.make_demo and not Path(cfg.path).exists():
+    listed = cfg.train_list or cfg.val_list
+    if cfg.dataset == "imagefolder" and cfg.make_demo and not listed and not Path(cfg.path).exists():
         from pipeline.data.demo import make_demo_data
 
         if placement.rank == 0 or placement.world_size == 1:
