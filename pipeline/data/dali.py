@@ -22,7 +22,7 @@ from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import DataError, load_rgb, split_samples
+from pipeline.data.folder import DataError, load_rgb, split_samples, val_resize_shorter
 from pipeline.data.loader import DataBundle, Placement
 from pipeline.data.sampler import ShardPlan
 
@@ -34,6 +34,7 @@ DEVICE_MEMORY_PADDING = 16 << 20
 # ResNet-50 example uses 0.65 to keep both busy.
 HW_DECODER_LOAD = 0.65
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the training step
+CROP_ATTEMPTS = 10  # random windows tried before a fallback crop, as in torchvision's RandomResizedCrop
 
 
 def _decode_device(device: torch.device) -> tuple[str, str]:
@@ -52,7 +53,7 @@ def random_crops(jpegs, cfg: DataConfig, decode_device: str):
     """RandomResizedCrop's window (area and aspect ranges from the config), decoded alone: the
     decoder skips the rest of the image (ROI decode)."""
     return fn.decoders.image_random_crop(jpegs, device=decode_device, random_area=list(cfg.scale),
-                                         random_aspect_ratio=list(cfg.ratio), num_attempts=10,
+                                         random_aspect_ratio=list(cfg.ratio), num_attempts=CROP_ATTEMPTS,
                                          **_decoder_args(decode_device))
 
 
@@ -62,13 +63,9 @@ def center_crops(jpegs, cfg: DataConfig, decode_device: str):
     view while decoding ~crop_fraction^2 of a square image's pixels and resizing fewer."""
     shape = fn.peek_image_shape(jpegs)  # H, W, C from the header, no decode
     shorter = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT)
-    side = shorter * (cfg.image_size / _val_resize_shorter(cfg))
+    side = shorter * (cfg.image_size / val_resize_shorter(cfg))
     return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=side, crop_h=side,
                                   crop_pos_x=0.5, crop_pos_y=0.5, **_decoder_args(decode_device))
-
-
-def _val_resize_shorter(cfg: DataConfig) -> int:
-    return round(cfg.image_size / cfg.crop_fraction)
 
 
 def resize_normalize(images, cfg: DataConfig, op_device: str, layout: str, antialias: bool, mirror=None):
@@ -109,9 +106,9 @@ class TorchResize:
     """Resize decoded crops (uint8 HWC, any size) to size x size, flip, normalize, in torch.
 
     torch's uint8 channels-last bilinear kernel is vectorized; on CPU it costs 0.11-0.16 core-ms
-    per ImageNet crop against 0.72-0.79 for DALI's CPU resampler, both antialiased (bench/cpu_resize.py,
-    docs/benchmarks.md). Each crop is
-    resized into a reused uint8 batch, then the whole batch is normalized in one pass.
+    per ImageNet crop against 0.72-0.79 for DALI's CPU resampler, both antialiased
+    (bench/cpu_resize.py, docs/benchmarks.md). Each crop is resized into a reused uint8 batch, then
+    the whole batch is normalized in one pass.
     """
 
     def __init__(self, cfg: DataConfig, channels_last: bool, antialias: bool) -> None:
@@ -119,7 +116,7 @@ class TorchResize:
         self.size, self.antialias, self.channels_last = size, antialias, channels_last
         self.staging = torch.empty(0, size, size, 3, dtype=torch.uint8)
         # Normalize rows of size*3 interleaved RGB values: a broadcast over a last dimension of 3
-        # does not vectorize, one over 3*size values does (~3x faster).
+        # does not vectorize, one over 3*size values does.
         scale = 1 / (torch.tensor(cfg.std) * 255)
         self.scale_row = scale.repeat(size)
         self.shift_row = (-torch.tensor(cfg.mean) * 255 * scale).repeat(size)
@@ -129,8 +126,8 @@ class TorchResize:
         if self.staging.shape[0] < n:
             self.staging = torch.empty(n, self.size, self.size, 3, dtype=torch.uint8)
         threads = torch.get_num_threads()
-        # One crop is too small to split across threads, and the splitting competes with DALI's
-        # own decode threads (measured: 1.7x slower with two).
+        # One crop is too small to split across threads, and splitting it competes with DALI's own
+        # decode threads (two threads here made the whole loader slower when tried).
         torch.set_num_threads(1)
         try:
             for i in range(n):

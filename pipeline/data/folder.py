@@ -105,9 +105,14 @@ def train_transform(cfg: DataConfig) -> v2.Compose:
     ])
 
 
+def val_resize_shorter(cfg: DataConfig) -> int:
+    """The evaluation view resizes the shorter side to this, then center-crops image_size."""
+    return round(cfg.image_size / cfg.crop_fraction)  # 224 / 0.875 = 256
+
+
 def val_transform(cfg: DataConfig) -> v2.Compose:
-    resize = round(cfg.image_size / cfg.crop_fraction)  # 224 / 0.875 = 256
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(cfg.image_size), v2.PILToTensor()])
+    return v2.Compose([v2.Resize(val_resize_shorter(cfg), antialias=True), v2.CenterCrop(cfg.image_size),
+                       v2.PILToTensor()])
 
 
 class FolderDataset(torch.utils.data.Dataset):
