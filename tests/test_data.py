@@ -150,14 +150,37 @@ def test_dali_cpu_pipeline_batches_and_exact_validation(demo_data):
         assert sorted(labels_seen) == sorted([c for c in range(10) for _ in range(13)])
 
 
-def test_dali_and_torchvision_see_the_same_files(demo_data):
+def test_dali_and_torchvision_cut_the_same_crops(demo_data):
+    """Same files, same windows, same flips at a given epoch and step: the two backends' train
+    batches differ only by decoder and resize rounding."""
     pytest.importorskip("nvidia.dali")
-    cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=32", "data.batch_size=16", "data.workers=0"])
-    tv = build_data(cfg.data.__class__(**{**cfg.data.__dict__, "backend": "torchvision"}), Placement(torch.device("cpu"), False), 0)
-    dali = build_data(cfg.data.__class__(**{**cfg.data.__dict__, "backend": "dali", "workers": 1}), Placement(torch.device("cpu"), False), 0)
-    tv.train.set_epoch(1, start_step=2)
-    dali.train.set_epoch(1, start_step=2)
-    assert next(iter(tv.train))[1].tolist() == next(iter(dali.train))[1].tolist()
+    batches = {}
+    for backend in ("torchvision", "dali"):
+        cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=32", "data.batch_size=16",
+                                 f"data.backend={backend}", "data.workers=1"])
+        data = build_data(cfg.data, Placement(torch.device("cpu"), True), 0)
+        data.train.set_epoch(1, start_step=2)
+        batches[backend] = next(iter(data.train))
+    (tv_images, tv_labels), (dali_images, dali_labels) = batches["torchvision"], batches["dali"]
+    assert tv_labels.tolist() == dali_labels.tolist()
+    difference = (tv_images - dali_images).abs()
+    # Measured: mean 0.0008, 99th percentile 0.018 (one uint8 level is 0.017); the same batch
+    # mirrored differs by a mean of 0.47, so any other window or flip would show.
+    assert float(difference.mean()) < 0.01 and float(difference.quantile(0.99)) < 0.05
+
+
+def test_dali_resume_gives_identical_batches(demo_data):
+    pytest.importorskip("nvidia.dali")
+    cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=32", "data.batch_size=16",
+                             "data.backend=dali", "data.workers=2"])
+    loader = build_data(cfg.data, Placement(torch.device("cpu"), True), seed=0).train
+    loader.set_epoch(1)
+    whole = list(loader)
+    resumed = build_data(cfg.data, Placement(torch.device("cpu"), True), seed=0).train
+    resumed.set_epoch(1, start_step=20)
+    tail = list(resumed)
+    assert len(tail) == len(whole) - 20 == 5
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[20:], tail))
 
 
 def test_dali_corrupt_file_is_named(tmp_path, demo_data):

@@ -3,7 +3,9 @@
 File order comes from the same `ShardPlan` as the torchvision backend (fed through
 `fn.external_source`), so both backends shard by global rank identically, every rank runs the same
 number of steps, validation sees each image exactly once with no padded repeats, and a resumed run
-restarts at the exact batch.
+restarts at the exact batch. The train crop windows and flips come with the bytes, drawn per sample
+from the sample's seed by `augment.random_resized_crop` like the torchvision backend's: both
+backends cut the same windows, and a resumed run gets the same batches bit for bit on CPU.
 
 On a GPU the DALI graph does everything after reading the bytes: ROI decode (hardware decoder where
 there is one), resize, flip, normalize. On CPU the same graph runs with CPU operators up to the
@@ -12,16 +14,19 @@ resampler costs 4-7x more per image than torch's (antialiased), more than the RO
 """
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
+from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data.folder import DataError, load_rgb, split_samples, val_resize_shorter
 from pipeline.data.loader import DataBundle, Placement
 from pipeline.data.sampler import ShardPlan
@@ -34,7 +39,6 @@ DEVICE_MEMORY_PADDING = 16 << 20
 # ResNet-50 example uses 0.65 to keep both busy.
 HW_DECODER_LOAD = 0.65
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the training step
-CROP_ATTEMPTS = 10  # random windows tried before a fallback crop, as in torchvision's RandomResizedCrop
 
 
 def _decode_device(device: torch.device) -> tuple[str, str]:
@@ -43,25 +47,27 @@ def _decode_device(device: torch.device) -> tuple[str, str]:
 
 
 def _decoder_args(decode_device: str) -> dict:
-    args = {"output_type": types.RGB, "host_memory_padding": HOST_MEMORY_PADDING}
+    # EXIF orientation is ignored, as PIL (and so torchvision's ImageFolder) ignores it: crop
+    # windows are in stored-pixel coordinates, and both backends see the same pixels.
+    args = {"output_type": types.RGB, "host_memory_padding": HOST_MEMORY_PADDING, "adjust_orientation": False}
     if decode_device == "mixed":
         args.update(device_memory_padding=DEVICE_MEMORY_PADDING, hw_decoder_load=HW_DECODER_LOAD)
     return args
 
 
-def random_crops(jpegs, cfg: DataConfig, decode_device: str):
-    """RandomResizedCrop's window (area and aspect ranges from the config), decoded alone: the
-    decoder skips the rest of the image (ROI decode)."""
-    return fn.decoders.image_random_crop(jpegs, device=decode_device, random_area=list(cfg.scale),
-                                         random_aspect_ratio=list(cfg.ratio), num_attempts=CROP_ATTEMPTS,
-                                         **_decoder_args(decode_device))
+def window_crops(jpegs, start, shape, decode_device: str):
+    """Each sample's RandomResizedCrop window ([x, y] start, [w, h] shape, pixels; chosen by
+    `augment.random_resized_crop` from the sample's seed), decoded alone: the decoder skips the
+    rest of the image (ROI decode)."""
+    return fn.decoders.image_slice(jpegs, device=decode_device, start=start, shape=shape, axis_names="WH",
+                                   **_decoder_args(decode_device))
 
 
 def center_crops(jpegs, cfg: DataConfig, decode_device: str):
     """The square that "resize the shorter side to image_size / crop_fraction, then center-crop
     image_size" keeps, decoded alone. Resizing it to image_size gives the standard evaluation
     view while decoding ~crop_fraction^2 of a square image's pixels and resizing fewer."""
-    shape = fn.peek_image_shape(jpegs)  # H, W, C from the header, no decode
+    shape = fn.peek_image_shape(jpegs, adjust_orientation=False)  # H, W, C from the header, no decode
     shorter = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT)
     side = shorter * (cfg.image_size / val_resize_shorter(cfg))
     return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=side, crop_h=side,
@@ -79,14 +85,16 @@ def resize_normalize(images, cfg: DataConfig, op_device: str, layout: str, antia
 
 @pipeline_def
 def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool):
-    """Random-resized crop decoded from the crop region only, resize, random flip, normalize.
+    """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
+    and flips come from the source with the bytes, so the graph itself draws no random numbers.
 
     Without `resize_in_dali` the graph ends at the decoded crops and each sample's flip decision,
     and `TorchResize` does the rest (the CPU default).
     """
-    jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
-    images = random_crops(jpegs, cfg, decode_device)
-    mirror = fn.random.coin_flip(probability=cfg.hflip)
+    jpegs, labels, start, shape, mirror = fn.external_source(
+        source=source, num_outputs=5, batch=True,
+        dtype=[types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32])
+    images = window_crops(jpegs, start, shape, decode_device)
     if resize_in_dali:
         return resize_normalize(images, cfg, op_device, layout, cfg.train_antialias, mirror), labels
     return images, labels, mirror
@@ -147,11 +155,13 @@ class TorchResize:
 
 @dataclass
 class _EncodedBatches:
-    """external_source callback: the bytes and labels of the plan's batches, in order."""
+    """external_source callback: the bytes and labels of the plan's batches, in order; for
+    training also each sample's crop window and flip, from its seed (`augment`)."""
 
     samples: list[tuple[str, int]]
     batches: list[list[tuple[int, int]]]
-    on_bad_image: str = "fail"
+    cfg: DataConfig
+    train: bool
     position: int = 0
     error: str = ""  # set when a file fails the pre-decode check under on_bad_image=fail
     replaced: list = None  # paths swapped out under on_bad_image=skip
@@ -161,28 +171,48 @@ class _EncodedBatches:
             raise StopIteration
         batch = self.batches[self.position]
         self.position += 1
-        data, labels = [], []
-        for index, _seed in batch:
+        data, labels, starts, shapes, flips = [], [], [], [], []
+        for index, seed in batch:
             for attempt in range(len(self.samples)):
                 path, label = self.samples[(index + attempt) % len(self.samples)]
-                problem = ""
+                size, problem = None, ""
                 try:
                     encoded = np.fromfile(path, dtype=np.uint8)
                     problem = _container_problem(encoded)
+                    if not problem and self.train:
+                        size = _image_size(encoded)
+                        problem = "" if size else "no image size in the header"
                 except OSError as exc:  # unreadable (permissions, vanished file)
                     problem = str(exc)
                 if not problem:
                     break
                 # Stop here rather than inside the decoder: a DALI operator error leaves the
                 # pipeline unusable, a Python error is reported cleanly.
-                if self.on_bad_image == "fail":
+                if self.cfg.on_bad_image == "fail":
                     self.error = f"cannot read image {path}: {problem} (set data.on_bad_image=skip to skip such files)"
                     raise StopIteration
                 print(f"warning: skipping unreadable image {path}: {problem}", file=sys.stderr, flush=True)
                 self.replaced = (self.replaced or []) + [path]
             data.append(encoded)
             labels.append(np.array(label, dtype=np.int64))
-        return data, labels
+            if self.train:
+                w = random_resized_crop(seed, *size, tuple(self.cfg.scale), tuple(self.cfg.ratio), self.cfg.hflip)
+                starts.append(np.array([w.left, w.top], dtype=np.int32))
+                shapes.append(np.array([w.width, w.height], dtype=np.int32))
+                flips.append(np.array(w.flip, dtype=np.int32))
+        return (data, labels, starts, shapes, flips) if self.train else (data, labels)
+
+
+def _image_size(encoded: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the header: a JPEG marker walk, PIL's header parser for other formats."""
+    data = encoded.tobytes()
+    if data.startswith(b"\xff\xd8"):
+        return jpeg_size(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - an unparsable header is reported as the file's problem
+        return None
 
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"GIF8")
@@ -201,7 +231,7 @@ def _container_problem(encoded: np.ndarray) -> str:
 
 
 class DaliLoader:
-    """Same interface as TorchLoader; one DALI pipeline per pass (seeded by seed, epoch and start).
+    """Same interface as TorchLoader; one DALI pipeline per pass, starting at the pass's first step.
 
     Batches leave as torch tensors on the training device. With `TorchResize` (CPU default) the
     DALI graph stops at the decoded crops and torch finishes them in this process while DALI's
@@ -248,13 +278,12 @@ class DaliLoader:
     def _pipeline(self, start: int):
         decode_device, op_device = _decode_device(self.placement.device)
         build = train_pipeline if self.train else val_pipeline
-        seed = (self.plan.seed * 1_000_003 + self._epoch * 1009 + start) * 131 + self.placement.rank
-        self._source = _EncodedBatches(self.samples, self._batches(start), self.cfg.on_bad_image)
+        self._source = _EncodedBatches(self.samples, self._batches(start), self.cfg, self.train)
         return build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
                      layout=self.layout, resize_in_dali=self.torch_resize is None,
                      batch_size=self.plan.batch_size, num_threads=max(1, self.cfg.workers),
                      device_id=self.placement.device.index if self.placement.device.type == "cuda" else None,
-                     seed=seed % (2**31), prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)
+                     prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)
 
     def _pass(self, start: int):
         """(images, labels) batches of one pipeline, from `start` to the end of the pass."""

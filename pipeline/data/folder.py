@@ -6,7 +6,6 @@ Images leave the workers as uint8 CHW tensors; normalization happens on the devi
 from __future__ import annotations
 
 import os
-import random
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
+from pipeline.data.augment import random_resized_crop
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -97,12 +97,18 @@ def load_rgb(path: str) -> Image.Image:
     return img
 
 
-def train_transform(cfg: DataConfig) -> v2.Compose:
-    return v2.Compose([
-        v2.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio), antialias=True),
-        v2.RandomHorizontalFlip(cfg.hflip),
-        v2.PILToTensor(),
-    ])
+class TrainTransform:
+    """RandomResizedCrop + horizontal flip with the window from `augment` (shared with DALI)."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.size, self.scale, self.ratio, self.hflip = cfg.image_size, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip
+
+    def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:
+        w = random_resized_crop(seed, img.width, img.height, self.scale, self.ratio, self.hflip)
+        img = v2.functional.resized_crop(img, w.top, w.left, w.height, w.width, [self.size, self.size], antialias=True)
+        if w.flip:
+            img = v2.functional.horizontal_flip(img)
+        return v2.functional.pil_to_tensor(img)
 
 
 def val_resize_shorter(cfg: DataConfig) -> int:
@@ -110,9 +116,15 @@ def val_resize_shorter(cfg: DataConfig) -> int:
     return round(cfg.image_size / cfg.crop_fraction)  # 224 / 0.875 = 256
 
 
-def val_transform(cfg: DataConfig) -> v2.Compose:
-    return v2.Compose([v2.Resize(val_resize_shorter(cfg), antialias=True), v2.CenterCrop(cfg.image_size),
-                       v2.PILToTensor()])
+class ValTransform:
+    """Resize the shorter side, center crop: no randomness, the seed is ignored."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.steps = v2.Compose([v2.Resize(val_resize_shorter(cfg), antialias=True), v2.CenterCrop(cfg.image_size),
+                                 v2.PILToTensor()])
+
+    def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:  # noqa: ARG002
+        return self.steps(img)
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -133,13 +145,9 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int]):
+        # The crop and flip depend on the sample's seed, a function of (run seed, epoch, index)
+        # only: a resumed run and a run with any number of workers see identical augmentations.
         index, seed = item
-        # Seed per sample: the crop and flip depend on (run seed, epoch, index) only, so a resumed
-        # run and a run with a different number of workers see identical augmentations. Only the
-        # CPU generator: torch.manual_seed also queues CUDA seeding and records a stack trace for
-        # it, 0.5 ms per call, a third of a sample's whole cost here.
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
@@ -149,7 +157,7 @@ class FolderDataset(torch.utils.data.Dataset):
                     raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
                 print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
                 continue
-            return _finish(self.transform(img), self.normalize, self.hwc), label, int(attempt > 0)
+            return _finish(self.transform(img, seed), self.normalize, self.hwc), label, int(attempt > 0)
         raise DataError(f"no readable image among the {len(self.samples)} of this split")
 
 
@@ -171,5 +179,5 @@ def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor
 
 def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:
     splits = split_samples(cfg)
-    return (FolderDataset(*splits["train"], train_transform(cfg), cfg.on_bad_image),
-            FolderDataset(*splits["val"], val_transform(cfg), cfg.on_bad_image))
+    return (FolderDataset(*splits["train"], TrainTransform(cfg), cfg.on_bad_image),
+            FolderDataset(*splits["val"], ValTransform(cfg), cfg.on_bad_image))
