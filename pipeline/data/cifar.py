@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import DataError, _finish
+from pipeline.data.folder import DataError, finish_sample
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -40,7 +40,7 @@ class TensorImages(torch.utils.data.Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
         self.images, self.labels, self.transform = images, labels, transform
         self.classes = [str(i) for i in range(int(labels.max()) + 1)]
-        self.normalize: tuple | None = None
+        self.normalize = None  # a PixelNormalizer on CPU: normalize in the workers
         self.hwc = False
 
     def __len__(self) -> int:
@@ -54,7 +54,7 @@ class TensorImages(torch.utils.data.Dataset):
         random.seed(seed)
         img = self.images[index]
         img = self.transform(img) if self.transform else img
-        return _finish(img, self.normalize, self.hwc), int(self.labels[index]), 0
+        return finish_sample(img, self.normalize, self.hwc), int(self.labels[index]), 0
 
 
 def cifar_datasets(cfg: DataConfig) -> tuple[TensorImages, TensorImages]:

@@ -28,7 +28,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipeline.config import DataConfig
 from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data.folder import DataError, load_rgb, split_samples, val_resize_shorter
-from pipeline.data.loader import DataBundle, Placement
+from pipeline.data.loader import DataBundle, PixelNormalizer, Placement
 from pipeline.data.sampler import ShardPlan
 
 # Host/device scratch the decoder reserves up front so it does not reallocate as image sizes vary;
@@ -123,11 +123,7 @@ class TorchResize:
         size = cfg.image_size
         self.size, self.antialias, self.channels_last = size, antialias, channels_last
         self.staging = torch.empty(0, size, size, 3, dtype=torch.uint8)
-        # Normalize rows of size*3 interleaved RGB values: a broadcast over a last dimension of 3
-        # does not vectorize, one over 3*size values does.
-        scale = 1 / (torch.tensor(cfg.std) * 255)
-        self.scale_row = scale.repeat(size)
-        self.shift_row = (-torch.tensor(cfg.mean) * 255 * scale).repeat(size)
+        self.normalize = PixelNormalizer(cfg.mean, cfg.std)
 
     def __call__(self, crops, mirror: np.ndarray | None) -> torch.Tensor:
         n = len(crops)
@@ -143,10 +139,7 @@ class TorchResize:
                 resized = torch.nn.functional.interpolate(crop, size=(self.size, self.size), mode="bilinear",
                                                           antialias=self.antialias)[0].permute(1, 2, 0)
                 self.staging[i].copy_(resized.flip(1) if mirror is not None and mirror[i] else resized)
-            out = torch.empty(n, self.size, self.size, 3)
-            rows = out.view(-1, self.size * 3)
-            rows.copy_(self.staging[:n].view(-1, self.size * 3))
-            rows.mul_(self.scale_row).add_(self.shift_row)
+            out = self.normalize(self.staging[:n])
         finally:
             torch.set_num_threads(threads)
         images = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: torch's channels_last
@@ -241,9 +234,9 @@ class DaliLoader:
     backend = "dali"
 
     def __init__(self, split: tuple[list[str], list[tuple[str, int]]], cfg: DataConfig, placement: Placement,
-                 world_size: int, batch_size: int, seed: int, train: bool) -> None:
+                 batch_size: int, seed: int, train: bool) -> None:
         self.classes, self.samples = split
-        self.plan = ShardPlan(len(self.samples), placement.rank, world_size, batch_size, train, seed)
+        self.plan = ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed)
         self.cfg, self.placement, self.train = cfg, placement, train
         self.num_samples = len(self.samples)
         self.layout = "HWC" if placement.channels_last else "CHW"
@@ -367,6 +360,6 @@ def _reason(exc: Exception) -> str:
 def dali_loaders(cfg: DataConfig, placement: Placement, seed: int) -> DataBundle:
     splits = split_samples(cfg)
     val_batch = cfg.val_batch_size or cfg.batch_size
-    train = DaliLoader(splits["train"], cfg, placement, placement.world_size, cfg.batch_size, seed, True)
-    val = DaliLoader(splits["val"], cfg, placement, placement.world_size, val_batch, seed, False)
+    train = DaliLoader(splits["train"], cfg, placement, cfg.batch_size, seed, True)
+    val = DaliLoader(splits["val"], cfg, placement, val_batch, seed, False)
     return DataBundle(train, val, len(train.classes), "dali", train.classes)

@@ -16,6 +16,7 @@ from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
 from pipeline.data.augment import random_resized_crop
+from pipeline.data.loader import PixelNormalizer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -138,7 +139,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self.classes, self.samples = classes, samples
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.normalize: tuple | None = None  # (mean*255, std*255): normalize here (CPU training)
+        self.normalize: PixelNormalizer | None = None  # set on CPU: normalize in the workers
         self.hwc = False  # emit HWC so a batch is NHWC memory: channels_last with no copy
 
     def __len__(self) -> int:
@@ -157,24 +158,17 @@ class FolderDataset(torch.utils.data.Dataset):
                     raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
                 print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
                 continue
-            return _finish(self.transform(img, seed), self.normalize, self.hwc), label, int(attempt > 0)
+            return finish_sample(self.transform(img, seed), self.normalize, self.hwc), label, int(attempt > 0)
         raise DataError(f"no readable image among the {len(self.samples)} of this split")
 
 
-def _finish(image: torch.Tensor, stats: tuple | None, hwc: bool) -> torch.Tensor:
+def finish_sample(image: torch.Tensor, normalize: PixelNormalizer | None, hwc: bool) -> torch.Tensor:
     """Optional normalization and HWC layout, done in the loader worker."""
     if hwc:
         image = image.permute(1, 2, 0).contiguous()  # reorder as uint8: 4x fewer bytes than float
-    if stats is None:
+    if normalize is None:
         return image
-    mean, std = (torch.tensor(v) for v in stats)
-    if not hwc:
-        return (image.float() - mean.view(3, 1, 1)) / std.view(3, 1, 1)
-    # HWC rows of width*3 interleaved values: broadcasting over a last dimension of 3 does not
-    # vectorize, one over a whole row does.
-    width = image.shape[1]
-    rows = image.float().view(-1, width * 3)
-    return rows.sub_(mean.repeat(width)).div_(std.repeat(width)).view(image.shape)
+    return normalize(image) if hwc else normalize.chw(image)
 
 
 def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:

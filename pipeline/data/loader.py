@@ -59,6 +59,32 @@ class Normalizer:
         return ((images.float() - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
+class PixelNormalizer:
+    """uint8 HWC pixels (one image or a batch) -> normalized float32 on the CPU, same shape.
+
+    The per-channel constants are laid out as rows of width*3 interleaved values: a broadcast over
+    a last dimension of 3 does not vectorize, one over a whole row does. `chw` handles CHW images.
+    """
+
+    def __init__(self, mean, std) -> None:  # fractions of 255, as in DataConfig
+        self.scale = 1 / (torch.tensor(std) * 255)
+        self.shift = -torch.tensor(mean) * 255 * self.scale
+        self._rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        width = pixels.shape[-2]
+        if width not in self._rows:
+            self._rows[width] = (self.scale.repeat(width), self.shift.repeat(width))
+        scale, shift = self._rows[width]
+        out = torch.empty(pixels.shape) if out is None else out
+        rows = out.view(-1, width * 3)
+        rows.copy_(pixels.reshape(-1, width * 3))
+        return rows.mul_(scale).add_(shift).view(pixels.shape)
+
+    def chw(self, image: torch.Tensor) -> torch.Tensor:
+        return image.float().mul_(self.scale.view(3, 1, 1)).add_(self.shift.view(3, 1, 1))
+
+
 class TorchLoader:
     """A torch DataLoader over a map-style dataset, batches chosen by a ShardPlan."""
 
@@ -70,7 +96,7 @@ class TorchLoader:
         # On CPU the training process is the bottleneck: normalize in the loader workers instead.
         in_workers = placement.device.type == "cpu" and cfg.workers > 0
         if in_workers:
-            dataset.normalize = (tuple(m * 255 for m in cfg.mean), tuple(s * 255 for s in cfg.std))
+            dataset.normalize = PixelNormalizer(cfg.mean, cfg.std)
         self.normalize = Normalizer(cfg.mean, cfg.std, placement, in_workers)
         dataset.hwc = placement.channels_last
         self.workers = cfg.workers
