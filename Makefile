@@ -1,4 +1,5 @@
-# Two commands for a new user: `make train` (default demo job) and `make test` (the whole suite).
+# Two commands for a new user: `make train` (default demo job) and `make test` (the whole suite);
+# `make test-fast` is the unit-level subset for the edit-test loop.
 # Both create .venv on first use and install the project with its test extra.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +7,7 @@ BIN := $(VENV)/bin
 # On the project's CPU machines these come from local disk; on a GPU cluster keep your own torch.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup train test bench clean
+.PHONY: setup train test test-fast bench clean
 
 $(BIN)/pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ train: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The edit-test loop: unit-level tests only, no subprocess training (< 3 min on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data/demo .pytest_cache

@@ -24,7 +24,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "resnet18"  # a registry name (`pipeline models`) or timm/<name>
+    # The defaults are the demo job (quick on any 2-core CPU): He 2015's CIFAR ResNet-20 on 32 px crops.
+    name: str = "resnet20"  # a registry name (`pipeline models`) or timm/<name>
     num_classes: int = 0  # 0: the number of classes in the dataset (or the model family default)
     # ImageNet bottleneck stride placement: "v1.5" strides the 3x3 (torchvision), "v1" the first 1x1.
     variant: str = "v1.5"
@@ -60,7 +61,7 @@ class DataConfig:
     make_demo: bool = True  # create the demo dataset at data.path when it is missing
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size
-    image_size: int = 64  # the defaults are the demo job; configs/imagenet/* use 224
+    image_size: int = 32  # the defaults are the demo job; configs/imagenet/* use 224
     crop_fraction: float = 0.875  # val: resize shorter side to image_size / crop_fraction, center crop
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
@@ -87,7 +88,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"  # sgd | lars | lamb (timm)
-    lr: float = 0.1
+    lr: float = 0.4  # the demo job's: 0.1 at its batch of 64, the CIFAR recipe's rate; ImageNet configs: 0.1
     # Linear scaling rule (Goyal 2017): the LR used is lr * global_batch / base_batch, so `lr` is
     # "per 256 images" by default; 0 uses lr as given.
     base_batch: int = 256
@@ -111,10 +112,14 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    epochs: int = 15
+    epochs: int = 5  # the demo job's; every recipe in configs/ sets its own
     max_steps: int = 0  # >0: stop after this many optimizer steps (schedule still spans epochs)
-    precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
-    channels_last: bool = True
+    # auto: the fastest for the device (pipeline/numerics.py). GPU: bf16 (fp16 without bf16).
+    # CPU: fp32 without bf16 instructions, else whichever of fp32/bf16 a start-up probe finds faster.
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    # NHWC memory layout for images and weights. auto: always on a GPU, probed on a CPU (slower
+    # than NCHW on some AVX2 CPUs). true/false force it.
+    channels_last: str = "auto"  # auto | true | false
     compile: bool = False
     # torch.compile mode. reduce-overhead (and max-autotune) also capture CUDA graphs with torch's
     # cudagraph trees, which replay a whole step with one launch; on CPU they compile without graphs.
@@ -303,6 +308,7 @@ _CHOICES = {
     "optim.schedule": ("cosine", "step", "multistep", "constant"),
     "optim.milestones_in": ("epochs", "steps"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.channels_last": ("auto", "true", "false"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
@@ -314,6 +320,8 @@ _CHOICES = {
     "model.projection": ("", "A", "B", "C"),
 }
 
+_CASE_FREE = ("trainer.channels_last",)
+
 
 def get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
@@ -324,6 +332,8 @@ def get(cfg: Any, dotted: str) -> Any:
 def validate(cfg: RootConfig) -> None:
     for key, choices in _CHOICES.items():
         value = get(cfg, key)
+        if key in _CASE_FREE:  # YAML's true/false arrive as "True"/"False" in a string field
+            value = str(value).lower()
         if value not in choices:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""

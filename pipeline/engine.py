@@ -40,7 +40,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     model = model.to(rt.device)
     # DeepSpeed flattens parameters into contiguous buffers and rejects channels_last weights; the
     # channels_last *inputs* still make convolutions pick the NHWC kernels.
-    if cfg.trainer.channels_last and rt.engine != "deepspeed":
+    if rt.channels_last and rt.engine != "deepspeed":
         model = model.to(memory_format=torch.channels_last)
     bare = model
     if cfg.trainer.compile:

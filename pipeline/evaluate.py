@@ -10,7 +10,7 @@ from pipeline.config import RootConfig
 from pipeline.data import Placement, build_data
 from pipeline.engine import wrap_model
 from pipeline.models import build_model
-from pipeline.runtime import configure_threads, make_runtime
+from pipeline.runtime import agree_on_numerics, configure_threads, make_runtime
 from pipeline.train import evaluate
 
 
@@ -19,6 +19,7 @@ def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
     dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    rt = agree_on_numerics(rt)
     try:
         if checkpoint:
             path, state = Path(checkpoint), ckpt.load_checkpoint(checkpoint)
@@ -27,7 +28,7 @@ def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
             if found is None:
                 raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(cfg.trainer.run_dir)}")
             path, state = found
-        placement = Placement(rt.device, cfg.trainer.channels_last, world.rank, world.world_size)
+        placement = Placement(rt.device, rt.channels_last, world.rank, world.world_size)
         data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
         model = build_model(cfg.model, cfg.model.num_classes or data.num_classes)
         model.load_state_dict(state["model"])

@@ -1,6 +1,7 @@
 """Runtime facts derived once at start-up (device, precision, world): kept apart from the frozen config."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -8,6 +9,7 @@ import torch
 
 from pipeline.config import TrainerConfig
 from pipeline.distributed import WorldInfo
+from pipeline.numerics import choose
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -18,6 +20,8 @@ class Runtime:
     world: WorldInfo
     precision: str  # fp32 | bf16 | fp16 (resolved from "auto")
     engine: str  # single | ddp | deepspeed (resolved from "auto")
+    channels_last: bool = True  # resolved from "auto"
+    numerics_reason: str = ""  # why this precision and layout (pipeline.numerics)
 
     @property
     def is_main(self) -> bool:
@@ -45,18 +49,6 @@ def resolve_device(cfg: TrainerConfig, world: WorldInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_precision(cfg: TrainerConfig, device: torch.device) -> str:
-    if cfg.precision != "auto":
-        if cfg.precision == "fp16" and device.type == "cpu":
-            raise RuntimeError("trainer.precision=fp16 needs a GPU (fp16 autocast with loss scaling); use bf16 on CPU")
-        return cfg.precision
-    # bf16 autocast is the fastest measured on these CPUs (2.3x fp32 with channels_last) and on
-    # Ampere+ GPUs; older GPUs without bf16 fall back to fp16 with a GradScaler.
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"
-
-
 def configure_threads(cfg: TrainerConfig, world: WorldInfo) -> None:
     """Share the cores between the processes of one node, unless the user set a count."""
     if cfg.threads > 0:
@@ -71,4 +63,15 @@ def make_runtime(cfg: TrainerConfig, world: WorldInfo) -> Runtime:
     engine = cfg.engine if cfg.engine != "auto" else ("ddp" if world.world_size > 1 else "single")
     if engine == "single" and world.world_size > 1:
         raise RuntimeError(f"trainer.engine=single but the job has {world.world_size} processes; use ddp or deepspeed")
-    return Runtime(device, world, resolve_precision(cfg, device), engine)
+    numerics = choose(cfg, device, announce=world.rank == 0)
+    return Runtime(device, world, numerics.precision, engine, numerics.channels_last, numerics.reason)
+
+
+def agree_on_numerics(rt: Runtime) -> Runtime:
+    """Every rank trains with rank 0's choice: probes run concurrently and can disagree by noise."""
+    if rt.world.world_size == 1 or not torch.distributed.is_initialized():
+        return rt
+    choice = [(rt.precision, rt.channels_last, rt.numerics_reason)]
+    torch.distributed.broadcast_object_list(choice, src=0)
+    precision, channels_last, reason = choice[0]
+    return dataclasses.replace(rt, precision=precision, channels_last=channels_last, numerics_reason=reason)

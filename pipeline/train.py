@@ -26,7 +26,7 @@ from pipeline.engine import TorchEngine, wrap_model
 from pipeline.metrics import MetricsLog, Progress, format_duration, read_metrics
 from pipeline.models import build_model, count_parameters
 from pipeline.optim import LRSchedule, build_optimizer, scaled_lr
-from pipeline.runtime import Runtime, configure_threads, make_runtime
+from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, make_runtime
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; resume to go on
 
@@ -93,7 +93,9 @@ def environment_facts(rt: Runtime, data: DataBundle) -> dict:
             "torchvision": torchvision.__version__, "timm": timm.__version__, "device": rt.device_name(),
             "device_count": torch.cuda.device_count() if rt.device.type == "cuda" else 0,
             "world_size": rt.world.world_size, "launcher": rt.world.launcher, "engine": rt.engine,
-            "precision": rt.precision, "data_backend": data.backend, "host": platform.node()}
+            "precision": rt.precision, "channels_last": rt.channels_last, "numerics_reason": rt.numerics_reason,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "data_backend": data.backend,
+            "host": platform.node()}
 
 
 def make_loss(cfg: RootConfig, num_classes: int):
@@ -156,7 +158,7 @@ class Trainer:
         self.cfg, self.rt = cfg, rt
         self.run_dir = Path(cfg.trainer.run_dir)
         seed_everything(cfg.trainer.seed)  # same initial weights on every rank
-        placement = Placement(rt.device, cfg.trainer.channels_last, rt.world.rank, rt.world.world_size)
+        placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size)
         self.data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
         model = build_model(cfg.model, cfg.model.num_classes or self.data.num_classes)
         self.num_params = count_parameters(model)
@@ -390,6 +392,7 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
     # DDP and DeepSpeed need a process group even for one process.
     dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s,
                                   always=rt.engine != "single")
+    rt = agree_on_numerics(rt)
     start = time.time()
     try:
         run_dir = Path(cfg.trainer.run_dir)
@@ -409,7 +412,7 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
                 tracker = WandbTracker(cfg, run_dir, trainer.state.wandb_run_id, env)
                 trainer.metrics.sinks.append(tracker)
             trainer.log_line(f"model {cfg.model.name} ({trainer.num_params:,} parameters) on {env['device']}, "
-                             f"{rt.precision}, engine {rt.engine}, world {world.world_size}, data {trainer.data.backend} "
+                             f"{rt.precision}{' channels_last' if rt.channels_last else ''} ({rt.numerics_reason}), engine {rt.engine}, world {world.world_size}, data {trainer.data.backend} "
                              f"({trainer.data.train.num_samples} train / {trainer.data.val.num_samples} val images)"
                              + (f", W&B {tracker.mode} run {trainer.state.wandb_run_id}" if tracker else ""))
         try:
@@ -420,7 +423,8 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
             raise
         summary.update({"wall_seconds": round(time.time() - start, 2), "device": env["device"],
                         "world_size": world.world_size, "data_backend": trainer.data.backend,
-                        "precision": rt.precision, "engine": rt.engine,
+                        "precision": rt.precision, "channels_last": rt.channels_last,
+                        "numerics_reason": rt.numerics_reason, "engine": rt.engine,
                         "device_hours": round(summary["train_seconds"] * world.world_size / 3600, 4),
                         "wandb_run_id": trainer.state.wandb_run_id or None})
         if rt.is_main:

@@ -8,6 +8,14 @@ import pytest
 from pipeline.data.demo import make_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
+_CURRENT = {"slow": False}
+
+
+@pytest.fixture(autouse=True)
+def _note_slow_marker(request):
+    """`make test-fast` (-m "not slow") must stay free of subprocess runs: run_cli checks this."""
+    _CURRENT["slow"] = request.node.get_closest_marker("slow") is not None
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +24,10 @@ def demo_data(tmp_path_factory) -> Path:
     return make_demo_data(tmp_path_factory.mktemp("data") / "demo", train_per_class=40, val_per_class=13, size=48)
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 600, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600, check: bool = False,
+            quick: bool = False) -> subprocess.CompletedProcess:
+    """`python -m pipeline ARGS`. quick=True: the command ends before any training (a refused config)."""
+    assert quick or _CURRENT["slow"], "a test that trains in a subprocess must be marked @pytest.mark.slow"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)

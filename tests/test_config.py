@@ -40,7 +40,7 @@ def test_unknown_key_in_yaml(tmp_path):
 
 
 def test_cli_config_error_is_one_line_exit_2():
-    proc = run_cli("train", "data.batchsize=3")
+    proc = run_cli("train", "data.batchsize=3", quick=True)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == ["config error: unknown config key 'data.batchsize' in command-line overrides; did you mean 'data.batch_size'?"]
@@ -48,7 +48,7 @@ def test_cli_config_error_is_one_line_exit_2():
 
 
 def test_cli_missing_config_file():
-    proc = run_cli("train", "--config", "configs/nope.yaml")
+    proc = run_cli("train", "--config", "configs/nope.yaml", quick=True)
     assert proc.returncode == 2 and "config file not found: configs/nope.yaml" in proc.stderr
 
 

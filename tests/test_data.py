@@ -69,6 +69,7 @@ def _bad_dataset(root: Path, demo: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_corrupt_image_fails_with_its_name(tmp_path, demo_data):
     root = _bad_dataset(tmp_path / "bad", demo_data)
     proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1")
@@ -77,6 +78,7 @@ def test_corrupt_image_fails_with_its_name(tmp_path, demo_data):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_image_skip_policy_counts(tmp_path, demo_data):
     root = _bad_dataset(tmp_path / "bad", demo_data)
     proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1",
@@ -102,13 +104,13 @@ def test_unusual_images_are_converted(tmp_path):
 
 
 def test_missing_dataset_and_empty_class(tmp_path):
-    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'nope'}", "data.make_demo=false")
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'nope'}", "data.make_demo=false", quick=True)
     assert proc.returncode == 1 and "dataset split not found" in proc.stderr and str(tmp_path / "nope") in proc.stderr
     for split in ("train", "val"):
         (tmp_path / "ds" / split / "a").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a" / "x.jpg")
         (tmp_path / "ds" / split / "empty").mkdir()
-    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}")
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}", quick=True)
     assert proc.returncode == 1 and "has no images" in proc.stderr and "empty" in proc.stderr
 
 
@@ -187,6 +189,7 @@ def test_dali_resume_gives_identical_batches(demo_data):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[20:], tail))
 
 
+@pytest.mark.slow
 def test_dali_corrupt_file_is_named(tmp_path, demo_data):
     pytest.importorskip("nvidia.dali")
     root = _bad_dataset(tmp_path / "bad", demo_data)
@@ -198,6 +201,7 @@ def test_dali_corrupt_file_is_named(tmp_path, demo_data):
     assert proc.returncode == 0 and "skipping unreadable image" in proc.stderr
 
 
+@pytest.mark.slow
 def test_dali_training_beats_chance(tmp_path, demo_data):
     pytest.importorskip("nvidia.dali")
     import json
@@ -214,13 +218,13 @@ def test_check_data_reports_problems(tmp_path, demo_data):
 
     root = tmp_path / "ds"
     shutil.copytree(demo_data, root)
-    proc = run_cli("check-data", str(root), "--workers", "2")
+    proc = run_cli("check-data", str(root), "--workers", "2", quick=True)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok")
     assert "train: 10 classes, 400 images" in proc.stdout and "val: 10 classes, 130 images" in proc.stdout
     (root / "train" / "blob" / "zero.JPEG").write_bytes(b"")
     (root / "train" / "blob" / "random.JPEG").write_bytes(os.urandom(500))
     (root / "val" / "empty_class").mkdir()
-    proc = run_cli("check-data", str(root), "--workers", "2")
+    proc = run_cli("check-data", str(root), "--workers", "2", quick=True)
     assert proc.returncode == 1
     assert "zero.JPEG" in proc.stdout and "random.JPEG" in proc.stdout
     assert f"empty class folder: {root / 'val' / 'empty_class'}" in proc.stdout

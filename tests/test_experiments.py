@@ -69,6 +69,7 @@ def test_ablation_runs_a_few_steps_on_synthetic_data(path, tmp_path):
     assert summary["steps"] == 2 and summary["final/val/top1"] is not None
 
 
+@pytest.mark.slow
 def test_sweep_dry_run_and_compare_shows_paper_numbers(tmp_path, demo_data):
     proc = run_cli("sweep", "configs/ablations/identity_mappings", "--seeds", "0,1", "--group", "t", "--dry-run")
     assert proc.returncode == 0 and proc.stdout.count("(dry run)") == 36

@@ -12,6 +12,8 @@ from pipeline.metrics import read_metrics
 from pipeline.wandb_file import read_offline_run
 from tests.conftest import FAST, REPO, run_cli
 
+pytestmark = pytest.mark.slow  # every test here runs `pipeline` in a subprocess
+
 FAKE_KEY = "local0fake0key0" + "9" * 25
 WB = [*FAST, "logging.wandb.mode=offline", "logging.wandb.group=exp1", "trainer.epochs=2"]
 
