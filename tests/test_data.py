@@ -331,3 +331,15 @@ def test_file_lists_replace_the_folders(tmp_path, demo_data, backend):
                              f"data.backend={backend}"])
     with pytest.raises(DataError, match="bad.txt line 2: expected"):
         build_data(bad.data, Placement(torch.device("cpu"), True), seed=0)
+
+
+def test_dali_device_id_is_explicit_for_a_bare_cuda_device(monkeypatch):
+    """torch.device("cuda") has no index; DALI reads device_id=None as "CPU only" and could not build
+    the mixed decoder, so the loader passes the current CUDA device instead."""
+    pytest.importorskip("nvidia.dali")
+    from pipeline.data import dali
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert dali._dali_device_id(torch.device("cpu")) is None
+    assert dali._dali_device_id(torch.device("cuda")) == 3
+    assert dali._dali_device_id(torch.device("cuda", 1)) == 1

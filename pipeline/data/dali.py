@@ -223,6 +223,14 @@ def _container_problem(encoded: np.ndarray) -> str:
     return ""
 
 
+def _dali_device_id(device: torch.device) -> int | None:
+    """DALI's device_id: None builds a CPU-only pipeline, so a bare torch.device("cuda") must become
+    its current index, or the "mixed" decoder could not be built."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 class DaliLoader:
     """Same interface as TorchLoader; one DALI pipeline per pass, starting at the pass's first step.
 
@@ -275,7 +283,7 @@ class DaliLoader:
         return build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
                      layout=self.layout, resize_in_dali=self.torch_resize is None,
                      batch_size=self.plan.batch_size, num_threads=max(1, self.cfg.workers),
-                     device_id=self.placement.device.index if self.placement.device.type == "cuda" else None,
+                     device_id=_dali_device_id(self.placement.device),
                      prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)
 
     def _pass(self, start: int):
