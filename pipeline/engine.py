@@ -21,6 +21,17 @@ from pipeline.config import RootConfig
 from pipeline.runtime import Runtime
 
 
+# CUDA graphs exist only on GPUs: on CPU the graph-capturing modes mean their graph-free twins. The
+# captured modes are also unsafe there: torch 2.14's inductor corrupted the heap ("malloc():
+# unaligned fastbin chunk detected") with reduce-overhead on an AVX-512 EPYC once real-data batches
+# (a new input tensor each step) fed ResNet-20; "default" ran the same job cleanly (docs/benchmarks.md).
+_CPU_COMPILE_MODE = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def compile_mode_for(mode: str, device: torch.device) -> str:
+    return _CPU_COMPILE_MODE.get(mode, mode) if device.type == "cpu" else mode
+
+
 def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Module, nn.Module]:
     """Return (model to train, the bare module). Order matters:
 
@@ -32,7 +43,8 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
        stay outside the graph.
     4. DDP last: it must see the final parameters.
     """
-    if cfg.distributed.sync_bn and rt.world.world_size > 1:
+    # Under DDP at any world size, so a one-process NCCL group runs the same converted model as a job.
+    if cfg.distributed.sync_bn and (rt.world.world_size > 1 or rt.engine == "ddp"):
         if rt.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
@@ -46,7 +58,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     if cfg.trainer.compile:
         if cfg.trainer.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
-        model = torch.compile(model, mode=cfg.trainer.compile_mode)
+        model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, rt.device))
     if rt.engine == "ddp":
         model = DistributedDataParallel(
             model,
@@ -68,6 +80,8 @@ class TorchEngine:
         self.cuda_graphs = cuda_graphs
         # fp16 needs loss scaling against underflow; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+        # Steps the GradScaler skipped (inf/NaN gradients): counted on the device, read at the end.
+        self.skipped_steps = torch.zeros((), dtype=torch.long, device=rt.device)
 
     def autocast(self):
         return torch.autocast(self.rt.device.type, dtype=self.rt.amp_dtype, enabled=self.rt.use_autocast)
@@ -90,7 +104,14 @@ class TorchEngine:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
             self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if self.scaler.is_enabled():
+                # update() halves the scale exactly when this step was skipped. The scale tensor is
+                # compared on the device (GradScaler's _scale): get_scale() would sync every step.
+                before = self.scaler._scale.clone()
+                self.scaler.update()
+                self.skipped_steps += (self.scaler._scale < before).long().squeeze()
+            else:
+                self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 

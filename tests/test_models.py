@@ -86,7 +86,7 @@ def test_every_shortcut_and_activation_variant_trains(shortcut, activation, bott
 
 def test_gating_bias_init():
     model = build_model(ModelConfig(name="resnet20", shortcut="gating", gate_bias_init=-7.0))
-    assert float(model.layer1[0].gate.bias[0]) == -7.0
+    assert float(model.layer1[0].gate.bias[0].detach()) == -7.0
 
 
 def test_timm_model_by_name():
