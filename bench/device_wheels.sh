@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bundle what bench/gpu_check.sh needs on a GPU machine that has torch but no registry access:
-# DALI (cuda130) with nvImageCodec, nvJPEG and nvCOMP, and the project's own pure-Python needs.
+# DALI (cuda130) with nvImageCodec, nvJPEG and nvCOMP, DeepSpeed, and the project's own pure-Python needs.
 # Writes .carry/1 .. .carry/N, each under 60 MB, because one transfer to the lent machine carries
 # at most 64 MiB; DALI's 199 MB wheel is split across them and joined again there.
 #
@@ -16,11 +16,16 @@ PY_TAG=(--only-binary=:all: --python-version 3.12 --implementation cp --platform
 # that the GPU image lacks (its image list is in the device tool's KINDS.md).
 WHEELS=(nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnvcomp-cu13==5.3.0.16
         nvidia-nvjpeg nvidia-nvjpeg2k-cu13 astunparse==1.6.3 gast==0.7.0 "libcst~=1.8" makefun nvtx optree
-        omegaconf==2.4.0)
+        omegaconf==2.4.0
+        # DeepSpeed's needs that the image lacks (einops, msgpack, ninja, psutil, py-cpuinfo are there).
+        hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
 stage=.carry/download
 rm -rf .carry && mkdir -p "$stage"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude
 python3 -m pip download -q --no-deps "${PY_TAG[@]}" -d "$stage" "${WHEELS[@]}"
+# DeepSpeed ships only a source archive; its wheel is pure Python (ops are JIT-built when used, and
+# ZeRO 0-2 with torch's SGD uses none), so build it here, where the registry is.
+python3 -m pip wheel -q --no-deps -w "$stage" deepspeed==0.19.8
 dali=$(ls "$stage"/nvidia_dali_cuda130-*.whl)
 split -b 58M "$dali" "$stage/dali.whl.part-"
 basename "$dali" > "$stage/dali.whl.name"

@@ -52,6 +52,11 @@ class DeepSpeedEngine:
     def __init__(self, bare: nn.Module, optimizer: torch.optim.Optimizer, cfg: RootConfig, rt: Runtime) -> None:
         if rt.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no oneCCL here: DeepSpeed uses gloo
+        # DeepSpeed reads the torchrun variables itself; a job started without a launcher (one GPU,
+        # `pipeline train trainer.engine=deepspeed`) has none of them, so give it this rank's world.
+        for name, value in (("LOCAL_RANK", rt.world.local_rank), ("RANK", rt.world.rank),
+                            ("WORLD_SIZE", rt.world.world_size)):
+            os.environ.setdefault(name, str(value))
         import deepspeed
 
         self.rt, self.module = rt, bare
@@ -61,6 +66,7 @@ class DeepSpeedEngine:
                                                     dist_init_required=False)
         self.model = self.engine
         self.scaler = None
+        self.skipped_steps = None  # DeepSpeed's fp16 loss scaler keeps its own count
 
     def autocast(self):
         enabled = self.rt.precision == "bf16"  # fp16 is DeepSpeed's own (half weights + loss scaler)

@@ -100,7 +100,12 @@ def choose(cfg: TrainerConfig, device: torch.device, announce: bool = True) -> N
         why = "explicit" if cfg.precision != "auto" else ("GPU with bf16" if precision == "bf16" else "GPU without bf16")
         return Numerics(precision, layout != "false", f"{precision}: {why}")
     if cfg.precision == "fp16":
-        raise RuntimeError("trainer.precision=fp16 needs a GPU (fp16 autocast with loss scaling); use bf16 on CPU")
+        # The CPU twin of the GPU's fp16 + GradScaler path (tests, the GPU check's dry run): it runs,
+        # but no CPU seen here has fp16 convolution kernels, so it is for checking, not for speed.
+        if announce:
+            print("warning: trainer.precision=fp16 on a CPU runs the GPU's fp16 + GradScaler path for checking; "
+                  "it is slower than fp32 here (use trainer.precision=auto)", file=sys.stderr, flush=True)
+        return Numerics("fp16", layout == "true", "fp16: explicit (CPU twin of the GPU path)")
     native, why_not = bf16_instructions()
     if cfg.precision == "bf16" and not native and announce:
         print(f"warning: trainer.precision=bf16 on a CPU with {why_not}: bf16 autocast is emulated there, "
@@ -114,7 +119,8 @@ def choose(cfg: TrainerConfig, device: torch.device, announce: bool = True) -> N
     except Exception as exc:  # noqa: BLE001 - a probe must never stop a run
         if announce:
             print(f"warning: numerics probe failed ({type(exc).__name__}: {exc}); using fp32", file=sys.stderr, flush=True)
-        return Numerics("fp32" if cfg.precision == "auto" else cfg.precision, layout == "true", "fp32: probe failed")
+        precision = "fp32" if cfg.precision == "auto" else cfg.precision
+        return Numerics(precision, layout == "true", f"{precision}: probe failed")
     return decide(rates, cfg.precision, why_not)
 
 

@@ -378,6 +378,8 @@ class Trainer:
                    "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
                    "train_seconds": round(s.train_seconds, 2),
                    "replaced_images": getattr(self.data.train, "replaced_images", 0),
+                   "fp16_skipped_steps": (int(self.engine.skipped_steps) if self.rt.precision == "fp16"
+                                          and self.engine.skipped_steps is not None else None),
                    "replicas_identical": replica_checksum(self.engine.module, self.rt.device),
                    "peak_memory_gib": (round(torch.cuda.max_memory_allocated(self.rt.device) / 2**30, 2)
                                        if self.rt.device.type == "cuda" else None)}
