@@ -22,7 +22,7 @@ train: setup
 	$(BIN)/pipeline train $(ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The edit-test loop: unit-level tests only, no subprocess training (< 3 min on 2 cores).
 test-fast: setup

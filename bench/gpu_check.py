@@ -45,12 +45,16 @@ class Check:
     results: list[dict] = field(default_factory=list)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def cli(self, name: str, *args: str, env: dict | None = None, expect_ok: bool = True,
+    @property
+    def log_path(self) -> Path:
+        return self.out / f"{self.current}.txt"  # each step's raw output, under the step's name
+
+    def cli(self, *args: str, env: dict | None = None, expect_ok: bool = True,
             script: str = "") -> subprocess.CompletedProcess:
-        """Run `python -m pipeline ARGS` (or `python SCRIPT ARGS`); output appended to OUT/<name>.txt."""
+        """Run `python -m pipeline ARGS` (or `python SCRIPT ARGS`); output appended to the step's log."""
         proc = subprocess.run([sys.executable, *([script] if script else ["-m", "pipeline"]), *args],
                               capture_output=True, text=True, env=self.env(env), cwd=REPO, timeout=900)
-        with open(self.out / f"{name}.txt", "a") as log:
+        with open(self.log_path, "a") as log:
             log.write(f"$ {script or 'pipeline'} {' '.join(args)}\n{proc.stdout}{proc.stderr}\n[exit {proc.returncode}]\n")
         if expect_ok and proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
@@ -64,19 +68,19 @@ class Check:
         env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(REPO)
         return env
 
-    def train(self, name: str, run: str, *overrides: str, env: dict | None = None) -> dict:
+    def train(self, run: str, *overrides: str, env: dict | None = None) -> dict:
         run_dir = self.work / run
-        self.cli(name, "train", *overrides, f"trainer.run_dir={run_dir}", "logging.progress=lines",
+        self.cli("train", *overrides, f"trainer.run_dir={run_dir}", "logging.progress=lines",
                  "logging.wandb.mode=disabled", env=env)
         return json.loads((run_dir / "summary.json").read_text())
 
-    def kill_at_step(self, name: str, run: str, step: int, *overrides: str) -> None:
+    def kill_at_step(self, run: str, step: int, *overrides: str) -> None:
         """Start a training run that stalls once `step` steps are done (fault hook), then SIGKILL it: a
         real kill -9 at a known step, whatever the machine's speed."""
         run_dir = self.work / run
         args = [sys.executable, "-m", "pipeline", "train", *overrides, f"trainer.run_dir={run_dir}",
                 "logging.progress=lines", "logging.wandb.mode=disabled"]
-        with open(self.out / f"{name}.txt", "a") as log:
+        with open(self.log_path, "a") as log:
             log.write(f"$ pipeline train {' '.join(args[4:])}  (SIGKILL before step {step})\n")
             log.flush()
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -133,7 +137,7 @@ class Check:
         args = (["--model", "resnet18", "--batch", "8", "--image-size", "64", "--steps", "2", "--repeats", "1",
                  "--device", "cpu"] if self.dry else
                 ["--model", "resnet50", "--batch", "256", "--steps", "30", "--repeats", "3"])
-        proc = self.cli("bench_train", "bench", "train", *args)
+        proc = self.cli("bench", "train", *args)
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         default = next(r for r in result["rows"] if r["loop"] == "trainer")
         return (f"{result['model']} trainer at defaults {default['img_per_sec']:.0f} img/s, "
@@ -142,7 +146,7 @@ class Check:
     def step_bench_train_compiled(self) -> str:
         if self.dry:
             raise Skip("torch.compile of ResNet-50 takes minutes on CPU; tests/test_train.py compiles on CPU")
-        proc = self.cli("bench_train_compiled", "bench", "train", "--model", "resnet50", "--batch", "256",
+        proc = self.cli("bench", "train", "--model", "resnet50", "--batch", "256",
                         "--steps", "30", "--repeats", "3", "--skip-fp32", "--compile")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         compiled = next(r for r in result["rows"] if r["loop"] == "trainer" and r["compile"])
@@ -152,8 +156,8 @@ class Check:
         if self.dry:
             raise Skip("CUDA graphs need a GPU; tests/test_train.py checks compiled == eager on CPU")
         common = [*self.small_model(20), "trainer.precision=fp32", "trainer.max_steps=20", "trainer.log_every=1"]
-        self.train("cuda_graphs", "graphs_eager", *common)
-        self.train("cuda_graphs", "graphs_on", *common, "trainer.compile=true", "trainer.compile_mode=reduce-overhead")
+        self.train("graphs_eager", *common)
+        self.train("graphs_on", *common, "trainer.compile=true", "trainer.compile_mode=reduce-overhead")
         eager, graphed = self.losses("graphs_eager"), self.losses("graphs_on")
         worst = max(abs(g - e) / abs(e) for e, g in zip(eager, graphed))
         if len(eager) != 20 or len(graphed) != 20 or worst > 1e-3:
@@ -162,7 +166,7 @@ class Check:
 
     def step_fp16_gradscaler(self) -> str:
         steps = 12 if self.dry else 300
-        summary = self.train("fp16_gradscaler", "fp16", *self.small_model(steps), "trainer.precision=fp16",
+        summary = self.train("fp16", *self.small_model(steps), "trainer.precision=fp16",
                              f"trainer.max_steps={steps}", f"trainer.log_every={max(1, steps // 6)}",
                              "optim.lr=0.4", "trainer.channels_last=true")
         losses = self.losses("fp16")
@@ -177,8 +181,8 @@ class Check:
         if self.dry:
             raise Skip("SyncBatchNorm runs only on GPUs (NCCL)")
         common = [*self.small_model(10), "trainer.precision=fp32", "trainer.max_steps=10", "trainer.log_every=1"]
-        self.train("syncbn", "plain_bn", *common, "trainer.engine=single")
-        summary = self.train("syncbn", "sync_bn", *common, "trainer.engine=ddp", "distributed.sync_bn=true")
+        self.train("plain_bn", *common, "trainer.engine=single")
+        summary = self.train("sync_bn", *common, "trainer.engine=ddp", "distributed.sync_bn=true")
         plain, synced = self.losses("plain_bn"), self.losses("sync_bn")
         worst = max(abs(s - p) / abs(p) for p, s in zip(plain, synced))
         if summary["engine"] != "ddp" or len(plain) != len(synced) or worst > 1e-3:
@@ -190,16 +194,16 @@ class Check:
             import deepspeed  # noqa: F401
         except ImportError:
             raise Skip("DeepSpeed not importable (bench/device_wheels.sh bundles it)") from None
-        name, run = f"deepspeed_zero{stage}", f"zero{stage}"
+        run = f"zero{stage}"
         common = [*self.small_model(10), "trainer.engine=deepspeed", f"distributed.zero_stage={stage}",
                   "trainer.log_every=1", "trainer.checkpoint_every=5", "trainer.eval_every=1000"]
-        self.train(name, f"{run}_straight", *common, "trainer.max_steps=10")
+        self.train(f"{run}_straight", *common, "trainer.max_steps=10")
         try:
-            self.train(name, run, *common, "trainer.max_steps=10", env={"PIPELINE_FAULT_RAISE_AT_STEP": "7"})
+            self.train(run, *common, "trainer.max_steps=10", env={"PIPELINE_FAULT_RAISE_AT_STEP": "7"})
         except Failed:
             pass  # the injected crash
-        summary = self.train(name, run, *common, "trainer.max_steps=10")
-        log = (self.out / f"{name}.txt").read_text()
+        summary = self.train(run, *common, "trainer.max_steps=10")
+        log = self.log_path.read_text()
         if "resumed from" not in log or summary["steps"] != 10:
             raise Failed(f"no resume from the step-5 checkpoint (steps {summary['steps']})")
         straight, resumed = self.losses(f"{run}_straight"), self.losses(run)
@@ -222,14 +226,14 @@ class Check:
 
     def step_checkpoint_kill_resume_eval(self) -> str:
         common = [*self.small_model(20), "trainer.log_every=1", "trainer.checkpoint_every=10", "trainer.max_steps=20"]
-        straight = self.train("checkpoint_resume", "straight", *common)
-        self.kill_at_step("checkpoint_resume", "killed", 15, *common)
-        resumed = self.train("checkpoint_resume", "killed", *common)
+        straight = self.train("straight", *common)
+        self.kill_at_step("killed", 15, *common)
+        resumed = self.train("killed", *common)
         a, b = self.losses("straight"), self.losses("killed")
         worst = max(abs(y - x) / abs(x) for x, y in zip(a, b))
         if len(a) != 20 or len(b) != 20 or worst > self.resume_tolerance:
             raise Failed(f"{len(a)} straight / {len(b)} resumed losses, largest relative difference {worst:.2e}")
-        proc = self.cli("checkpoint_resume", "eval", *common, f"trainer.run_dir={self.work / 'killed'}")
+        proc = self.cli("eval", *common, f"trainer.run_dir={self.work / 'killed'}")
         evaluated = json.loads(proc.stdout.strip().splitlines()[-1])
         if abs(evaluated["val/top1"] - resumed["final/val/top1"]) > 1e-6:
             raise Failed(f"pipeline eval top-1 {evaluated['val/top1']} != the run's {resumed['final/val/top1']}")
@@ -261,7 +265,7 @@ class Check:
         self._need_dali()
         device = "cpu" if self.dry else "cuda"
         batch = "16" if self.dry else "256"
-        proc = self.cli("dali_pipeline_alone", "bench", "data", str(self.jpegs), "--device", device, "--batch", batch,
+        proc = self.cli("bench", "data", str(self.jpegs), "--device", device, "--batch", batch,
                         "--workers", str(self.workers), "--repeats", "1" if self.dry else "3", "--backends", "dali",
                         *(["--image-size", "64"] if self.dry else []))
         rows = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
@@ -277,7 +281,7 @@ class Check:
         common = [*model, f"data.path={self.jpegs}", f"data.batch_size={batch}", f"data.workers={self.workers}",
                   "trainer.epochs=1", f"trainer.max_steps={steps}", f"trainer.log_every={max(1, steps // 4)}",
                   "trainer.eval_every=1000", f"data.synthetic_samples={batch * steps}", *self.device_overrides]
-        runs = {backend: self.train("dali_vs_synthetic", f"from_{backend}", *common, f"data.backend={backend}")
+        runs = {backend: self.train(f"from_{backend}", *common, f"data.backend={backend}")
                 for backend in ("dali", "synthetic")}
         if runs["dali"]["data_backend"] != "dali":
             raise Failed(f"ran with {runs['dali']['data_backend']}, not DALI")
@@ -291,7 +295,7 @@ class Check:
     def step_torchvision_gpu_decode(self) -> str:
         if self.dry:
             raise Skip("decode_jpeg(device='cuda') needs a GPU")
-        proc = self.cli("torchvision_gpu_decode", script=str(REPO / "bench" / "gpu_decode.py"))
+        proc = self.cli(script=str(REPO / "bench" / "gpu_decode.py"))
         return proc.stdout.strip().splitlines()[-1]
 
     STEPS = ("environment", "bench_train", "bench_train_compiled", "cuda_graphs_match_eager", "fp16_gradscaler",
