@@ -21,10 +21,7 @@ from pipeline.config import RootConfig
 from pipeline.runtime import Runtime
 
 
-# CUDA graphs exist only on GPUs: on CPU the graph-capturing modes mean their graph-free twins. The
-# captured modes are also unsafe there: torch 2.14's inductor corrupted the heap ("malloc():
-# unaligned fastbin chunk detected") with reduce-overhead on an AVX-512 EPYC once real-data batches
-# (a new input tensor each step) fed ResNet-20; "default" ran the same job cleanly (docs/benchmarks.md).
+# CUDA graphs exist only on GPUs: on CPU the graph-capturing modes mean their graph-free twins.
 _CPU_COMPILE_MODE = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
@@ -58,6 +55,14 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     if cfg.trainer.compile:
         if cfg.trainer.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
+        if rt.device.type == "cpu":
+            # torch 2.14.1's FX graph cache corrupted the heap on the first compiled CPU step
+            # ("malloc(): unaligned fastbin chunk detected" or SIGSEGV, in both the AVX-512 and AVX2
+            # code paths, with an empty cache); without it every run was clean (docs/benchmarks.md).
+            # The cost is a full compile per process, 20-40 s for a ResNet on 2 cores.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.fx_graph_cache = False
         model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, rt.device))
     if rt.engine == "ddp":
         model = DistributedDataParallel(
