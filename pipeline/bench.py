@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.config import ModelConfig, OptimConfig, load_config
-from pipeline.engine import compile_mode_for
+from pipeline.engine import compile_model
 from pipeline.models import build_model
 from pipeline.optim import build_optimizer
 
@@ -42,11 +42,7 @@ class BareLoop:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = build_model(ModelConfig(name=model_name), 1000).to(device, memory_format=fmt)
         if compile_mode:
-            if device.type == "cpu":  # as in pipeline.engine.wrap_model: torch 2.14's cache crashed on CPU
-                import torch._inductor.config as inductor_config
-
-                inductor_config.fx_graph_cache = False
-            self.model = torch.compile(self.model, mode=compile_mode_for(compile_mode, device))
+            self.model = compile_model(self.model, compile_mode, device)
         self.opt = build_optimizer(self.model, OptimConfig(), 0.1, device)  # exactly the trainer's optimizer
         self.x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
         self.y = torch.randint(0, 1000, (batch,), device=device)

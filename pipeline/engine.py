@@ -29,6 +29,19 @@ def compile_mode_for(mode: str, device: torch.device) -> str:
     return _CPU_COMPILE_MODE.get(mode, mode) if device.type == "cpu" else mode
 
 
+def compile_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
+    """torch.compile with this project's CPU rules (the trainer and `pipeline bench train` share them)."""
+    if device.type == "cpu":
+        # torch 2.14.1's FX graph cache corrupted the heap on the first compiled CPU step
+        # ("malloc(): unaligned fastbin chunk detected" or SIGSEGV, in both the AVX-512 and AVX2
+        # code paths, with an empty cache); without it every run was clean (docs/benchmarks.md).
+        # The cost is a full compile per process, 20-40 s for a ResNet on 2 cores.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = False
+    return torch.compile(model, mode=compile_mode_for(mode, device))
+
+
 def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Module, nn.Module]:
     """Return (model to train, the bare module). Order matters:
 
@@ -55,15 +68,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     if cfg.trainer.compile:
         if cfg.trainer.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
-        if rt.device.type == "cpu":
-            # torch 2.14.1's FX graph cache corrupted the heap on the first compiled CPU step
-            # ("malloc(): unaligned fastbin chunk detected" or SIGSEGV, in both the AVX-512 and AVX2
-            # code paths, with an empty cache); without it every run was clean (docs/benchmarks.md).
-            # The cost is a full compile per process, 20-40 s for a ResNet on 2 cores.
-            import torch._inductor.config as inductor_config
-
-            inductor_config.fx_graph_cache = False
-        model = torch.compile(model, mode=compile_mode_for(cfg.trainer.compile_mode, rt.device))
+        model = compile_model(model, cfg.trainer.compile_mode, rt.device)
     if rt.engine == "ddp":
         model = DistributedDataParallel(
             model,
