@@ -1,14 +1,20 @@
-"""Checkpoints: atomic writes, keep the last K, safe (weights-only) loading with fallback.
+"""Checkpoints of both layouts: naming, listing, retention, and safe (weights-only) loading.
 
-A checkpoint is written to a temporary file in the same folder, fsynced, then renamed over its
-final name, so a crash mid-write never leaves a partial file under a valid name. Loading uses
-torch.load(weights_only=True): a pickle that would run code is refused.
+Two layouts live under `<run_dir>/checkpoints/`:
+- plain (single process, DDP): one file `step-<9 digits>.pt`, written to a temporary file in the
+  same folder, fsynced, then renamed over its final name, so a crash mid-write never leaves a
+  partial file under a valid name;
+- deepspeed: a folder `ds-step-<9 digits>/` in DeepSpeed's own format (one ZeRO shard per rank),
+  written by DeepSpeed; its `mp_rank_00_model_states.pt` holds the whole module and our state.
+Only this module knows the names: resume, retention, `pipeline eval` and the W&B artifact all
+go through it. Loading uses torch.load(weights_only=True): a pickle that would run code is refused.
 """
 from __future__ import annotations
 
 import os
 import random
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +24,10 @@ import torch
 from pipeline import faults
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^step-(\d{9})\.pt$")
+PLAIN, DEEPSPEED = "plain", "deepspeed"
+_NAMES = {PLAIN: re.compile(r"^step-(\d{9})\.pt$"), DEEPSPEED: re.compile(r"^ds-step-(\d{9})$")}
+DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"  # the module and the client state, in every ZeRO stage
+_CLIENT_KEYS = ("progress", "scheduler", "ema", "rng", "wandb_run_id", "config")  # what the Trainer adds
 
 
 class CheckpointError(RuntimeError):
@@ -33,13 +42,35 @@ def checkpoint_path(run_dir: str | Path, global_step: int) -> Path:
     return checkpoint_dir(run_dir) / f"step-{global_step:09d}.pt"
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run, newest first (temporary files never match the name pattern)."""
+def deepspeed_tag(global_step: int) -> str:
+    return f"ds-step-{global_step:09d}"
+
+
+def layout_of(path: str | Path) -> str | None:
+    name = Path(path).name
+    return next((layout for layout, pattern in _NAMES.items() if pattern.match(name)), None)
+
+
+def _step_of(path: Path) -> int:
+    return int(_NAMES[layout_of(path)].match(path.name).group(1))
+
+
+def list_checkpoints(run_dir: str | Path, layout: str | None = None) -> list[Path]:
+    """Checkpoints of a run (one layout or both), newest first; temporary files never match."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)), reverse=True)
+    found = [p for p in folder.iterdir() if layout_of(p) and (layout is None or layout_of(p) == layout)]
+    return sorted(found, key=_step_of, reverse=True)
+
+
+def prune(run_dir: str | Path, keep: int, layout: str) -> None:
+    """Keep the newest `keep` (at least one) checkpoints of a layout: trainer.keep_checkpoints."""
+    for old in list_checkpoints(run_dir, layout)[max(1, keep):]:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def rng_state() -> dict:
@@ -86,18 +117,32 @@ def atomic_save(obj: dict, path: Path) -> None:
         raise
 
 
-def save_checkpoint(state: dict, run_dir: str | Path, global_step: int, keep: int) -> Path:
-    state = {"format": FORMAT_VERSION, **state}
+def save_checkpoint(state: dict, run_dir: str | Path, global_step: int) -> Path:
+    """Write a plain-layout checkpoint atomically (retention is `prune`'s job, for both layouts)."""
     path = checkpoint_path(run_dir, global_step)
-    atomic_save(state, path)
-    for old in list_checkpoints(run_dir)[max(1, keep):]:
-        old.unlink(missing_ok=True)
+    atomic_save({"format": FORMAT_VERSION, **state}, path)
     return path
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load one checkpoint, weights-only; raises CheckpointError with the reason."""
+    """Load one checkpoint of either layout, weights-only; raises CheckpointError with the reason.
+
+    A DeepSpeed folder gives its module as "model" and our state beside it (enough to evaluate or
+    export; resuming a DeepSpeed run goes through DeepSpeed's loader for the optimizer shards).
+    """
     path = Path(path)
+    if path.is_dir():
+        state = _load_file(path / DEEPSPEED_MODEL_FILE)
+        if "module" not in state or "progress" not in state:
+            raise CheckpointError(f"checkpoint {path} is not a pipeline DeepSpeed checkpoint (no module or progress)")
+        return {"format": FORMAT_VERSION, "model": state["module"], **{k: state[k] for k in _CLIENT_KEYS if k in state}}
+    state = _load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a pipeline checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
+    return state
+
+
+def _load_file(path: Path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -107,16 +152,14 @@ def load_checkpoint(path: str | Path) -> dict:
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(f"refusing checkpoint {path}: it holds objects that weights-only loading does not allow ({first[:200]})") from None
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {first[:200]}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not a pipeline checkpoint (format {state.get('format') if isinstance(state, dict) else '?'})")
     return state
 
 
-def load_latest(run_dir: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; a corrupt newer one is skipped with a warning."""
-    for path in list_checkpoints(run_dir):
+def load_latest(run_dir: str | Path, load=load_checkpoint, layout: str | None = None) -> tuple[Path, dict] | None:
+    """The newest checkpoint that `load` accepts; a corrupt newer one is skipped with a warning."""
+    for path in list_checkpoints(run_dir, layout):
         try:
-            return path, load_checkpoint(path)
+            return path, load(path)
         except CheckpointError as exc:
             print(f"warning: {exc}; falling back to an older checkpoint", file=sys.stderr, flush=True)
     return None

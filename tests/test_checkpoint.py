@@ -1,4 +1,3 @@
-import pickle
 
 import pytest
 import torch
@@ -12,19 +11,40 @@ def _state(step):
 
 def test_keeps_last_k_and_loads_newest(tmp_path):
     for step in (1, 2, 3, 4):
-        ckpt.save_checkpoint(_state(step), tmp_path, step, keep=2)
+        ckpt.save_checkpoint(_state(step), tmp_path, step)
+        ckpt.prune(tmp_path, 2, ckpt.PLAIN)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000000004.pt", "step-000000003.pt"]
     path, state = ckpt.load_latest(tmp_path)
     assert state["progress"]["global_step"] == 4
 
 
 def test_corrupt_newest_falls_back_with_warning(tmp_path, capsys):
-    ckpt.save_checkpoint(_state(1), tmp_path, 1, keep=3)
-    newest = ckpt.save_checkpoint(_state(2), tmp_path, 2, keep=3)
+    ckpt.save_checkpoint(_state(1), tmp_path, 1)
+    newest = ckpt.save_checkpoint(_state(2), tmp_path, 2)
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as after a crash outside our writer
     path, state = ckpt.load_latest(tmp_path)
     assert state["progress"]["global_step"] == 1
     assert "step-000000002.pt is unreadable or truncated" in capsys.readouterr().err
+
+
+def test_both_layouts_listed_pruned_and_loaded(tmp_path):
+    """DeepSpeed tag folders are listed, pruned (as folders) and loaded for eval like plain files."""
+    folder = ckpt.checkpoint_dir(tmp_path)
+    for step in (3, 5, 7):
+        tag = folder / ckpt.deepspeed_tag(step)
+        tag.mkdir(parents=True)
+        torch.save({"module": {"w": torch.full((2,), float(step))}, "progress": {"global_step": step},
+                    "optimizer": None, "ds_version": "0.19.8"}, tag / ckpt.DEEPSPEED_MODEL_FILE)
+    ckpt.save_checkpoint(_state(6), tmp_path, 6)
+    (folder / "latest").write_text("ds-step-000000007")  # DeepSpeed's own pointer file is not a checkpoint
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == [
+        "ds-step-000000007", "step-000000006.pt", "ds-step-000000005", "ds-step-000000003"]
+    ckpt.prune(tmp_path, 2, ckpt.DEEPSPEED)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path, ckpt.DEEPSPEED)] == ["ds-step-000000007", "ds-step-000000005"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path, ckpt.PLAIN)] == ["step-000000006.pt"]  # other layout kept
+    path, state = ckpt.load_latest(tmp_path, layout=ckpt.DEEPSPEED)
+    assert path.name == "ds-step-000000007" and state["progress"]["global_step"] == 7
+    assert torch.equal(state["model"]["w"], torch.full((2,), 7.0))
 
 
 class _Evil:
@@ -41,14 +61,14 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 
 def test_failed_write_keeps_previous(tmp_path, monkeypatch):
-    ckpt.save_checkpoint(_state(1), tmp_path, 1, keep=2)
+    ckpt.save_checkpoint(_state(1), tmp_path, 1)
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(_state(2), tmp_path, 2, keep=2)
+        ckpt.save_checkpoint(_state(2), tmp_path, 2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000000001.pt"]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
 

@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from pipeline.distributed import WorldInfo
-from pipeline.engine import TorchEngine, compile_mode_for
+from pipeline.engines import compile_mode_for
+from pipeline.engines.pytorch import TorchEngine
 from pipeline.runtime import Runtime
 
 

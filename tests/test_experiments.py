@@ -1,6 +1,5 @@
 """The papers' experiment configs: they load, build, run, and carry the published numbers."""
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -61,7 +60,7 @@ def test_ablation_runs_a_few_steps_on_synthetic_data(path, tmp_path):
                              "trainer.log_every=1", "logging.progress=none"])
     from pipeline.distributed import WorldInfo
     from pipeline.runtime import make_runtime
-    from pipeline.train import Trainer
+    from pipeline.training.trainer import Trainer
 
     torch.set_num_threads(2)
     trainer = Trainer(cfg, make_runtime(cfg.trainer, WorldInfo()))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pipeline.metrics import read_metrics
-from pipeline.wandb_file import read_offline_run
+from pipeline.tracking.offline import read_offline_run
 from tests.conftest import FAST, REPO, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs `pipeline` in a subprocess

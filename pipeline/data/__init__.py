@@ -1,5 +1,5 @@
 """Data backends behind one factory: `build_data` returns train/val loaders of one batch interface."""
-from pipeline.data.folder import DataError
-from pipeline.data.loader import BatchLoader, DataBundle, Placement, build_data, resolve_backend
+from pipeline.data.factory import build_data, resolve_backend
+from pipeline.data.types import BatchLoader, DataBundle, DataError, Placement
 
 __all__ = ["BatchLoader", "DataBundle", "DataError", "Placement", "build_data", "resolve_backend"]

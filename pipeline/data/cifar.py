@@ -10,11 +10,8 @@ import torch
 from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
-from pipeline.data.folder import DataError, finish_sample
-
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
+from pipeline.data.normalize import finish_sample
+from pipeline.data.types import DataError
 
 def _read_batches(folder: Path, names: list[str], label_key: bytes = b"labels") -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []

@@ -15,7 +15,6 @@ resampler costs 4-7x more per image than torch's (antialiased), more than the RO
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +26,12 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
 from pipeline.data.augment import jpeg_size, random_resized_crop
-from pipeline.data.folder import DataError, load_rgb, split_samples, val_resize_shorter
-from pipeline.data.loader import DataBundle, PixelNormalizer, Placement
+from pipeline.data import bad_images
+from pipeline.data.folder import load_rgb, split_samples, val_resize_shorter
+from pipeline.data.normalize import PixelNormalizer
+from pipeline.data.planned import PlannedLoader
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.types import DataBundle, DataError, Placement
 
 # Host/device scratch the decoder reserves up front so it does not reallocate as image sizes vary;
 # DALI's own defaults for ImageNet-scale JPEGs.
@@ -166,8 +168,8 @@ class _EncodedBatches:
         self.position += 1
         data, labels, starts, shapes, flips = [], [], [], [], []
         for index, seed in batch:
-            for attempt in range(len(self.samples)):
-                path, label = self.samples[(index + attempt) % len(self.samples)]
+            for candidate in bad_images.candidates(index, len(self.samples)):
+                path, label = self.samples[candidate]
                 size, problem = None, ""
                 try:
                     encoded = np.fromfile(path, dtype=np.uint8)
@@ -182,9 +184,9 @@ class _EncodedBatches:
                 # Stop here rather than inside the decoder: a DALI operator error leaves the
                 # pipeline unusable, a Python error is reported cleanly.
                 if self.cfg.on_bad_image == "fail":
-                    self.error = f"cannot read image {path}: {problem} (set data.on_bad_image=skip to skip such files)"
+                    self.error = bad_images.failure_message(path, problem)
                     raise StopIteration
-                print(f"warning: skipping unreadable image {path}: {problem}", file=sys.stderr, flush=True)
+                bad_images.report(path, problem, self.cfg.on_bad_image)
                 self.replaced = (self.replaced or []) + [path]
             data.append(encoded)
             labels.append(np.array(label, dtype=np.int64))
@@ -231,7 +233,7 @@ def _dali_device_id(device: torch.device) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-class DaliLoader:
+class DaliLoader(PlannedLoader):
     """Same interface as TorchLoader; one DALI pipeline per pass, starting at the pass's first step.
 
     Batches leave as torch tensors on the training device. With `TorchResize` (CPU default) the
@@ -244,37 +246,21 @@ class DaliLoader:
     def __init__(self, split: tuple[list[str], list[tuple[str, int]]], cfg: DataConfig, placement: Placement,
                  batch_size: int, seed: int, train: bool) -> None:
         self.classes, self.samples = split
-        self.plan = ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed)
+        super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed),
+                         len(self.samples))
         self.cfg, self.placement, self.train = cfg, placement, train
-        self.num_samples = len(self.samples)
         self.layout = "HWC" if placement.channels_last else "CHW"
         self.torch_resize = (TorchResize(cfg, placement.channels_last, cfg.train_antialias if train else True)
                              if _resize_in_torch(cfg, placement.device) else None)
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
-        self.replaced_images = 0
-        self._epoch, self._start = 0, 0
-
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps_per_epoch()
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        self._epoch, self._start = epoch, start_step
 
     def _batches(self, start: int) -> list[list[tuple[int, int]]]:
         batches = self.plan.batches(self._epoch, start)
         if not self.bad_files:
             return batches
         n = len(self.samples)
-        fixed = []
-        for batch in batches:
-            out = []
-            for index, seed in batch:
-                swap = index
-                while swap in self.bad_files:  # the same replacement rule as the torchvision backend
-                    swap = (swap + 1) % n
-                out.append((swap, seed))
-            fixed.append(out)
-        return fixed
+        return [[(bad_images.replacement(index, n, self.bad_files), seed) for index, seed in batch]
+                for batch in batches]
 
     def _pipeline(self, start: int):
         decode_device, op_device = _decode_device(self.placement.device)
@@ -322,12 +308,8 @@ class DaliLoader:
                 bad = self._find_bad(step)
                 if not bad:
                     raise
-                if self.cfg.on_bad_image == "fail":
-                    path = self.samples[bad[0]][0]
-                    raise DataError(f"cannot decode image {path} (DALI: {_reason(exc)}) "
-                                    "(set data.on_bad_image=skip to skip such files)") from None
-                for index in bad:
-                    print(f"warning: skipping unreadable image {self.samples[index][0]}", file=sys.stderr, flush=True)
+                for index in bad:  # raises on the first one under on_bad_image=fail
+                    bad_images.report(self.samples[index][0], f"DALI: {_reason(exc)}", self.cfg.on_bad_image)
                 self.bad_files.update(bad)
                 self.replaced_images += len(bad)  # restart the pass at the failing batch, bad files swapped
 

@@ -6,24 +6,20 @@ Images leave the workers as uint8 CHW tensors; normalization happens on the devi
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision import datasets
 from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
 from pipeline.data.augment import random_resized_crop
-from pipeline.data.loader import PixelNormalizer
+from pipeline.data import bad_images
+from pipeline.data.normalize import PixelNormalizer, finish_sample
+from pipeline.data.types import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-class DataError(RuntimeError):
-    """A dataset problem to report as one line: missing folder, empty class, undecodable file."""
 
 
 def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
@@ -149,26 +145,15 @@ class FolderDataset(torch.utils.data.Dataset):
         # The crop and flip depend on the sample's seed, a function of (run seed, epoch, index)
         # only: a resumed run and a run with any number of workers see identical augmentations.
         index, seed = item
-        for attempt in range(len(self.samples)):
-            path, label = self.samples[(index + attempt) % len(self.samples)]
+        for candidate in bad_images.candidates(index, len(self.samples)):
+            path, label = self.samples[candidate]
             try:
                 img = load_rgb(path)
             except _DECODE_ERRORS as exc:
-                if self.on_bad_image == "fail":
-                    raise DataError(f"cannot read image {path}: {exc} (set data.on_bad_image=skip to skip such files)") from None
-                print(f"warning: skipping unreadable image {path}: {exc}", file=sys.stderr, flush=True)
+                bad_images.report(path, str(exc), self.on_bad_image)
                 continue
-            return finish_sample(self.transform(img, seed), self.normalize, self.hwc), label, int(attempt > 0)
+            return finish_sample(self.transform(img, seed), self.normalize, self.hwc), label, int(candidate != index)
         raise DataError(f"no readable image among the {len(self.samples)} of this split")
-
-
-def finish_sample(image: torch.Tensor, normalize: PixelNormalizer | None, hwc: bool) -> torch.Tensor:
-    """Optional normalization and HWC layout, done in the loader worker."""
-    if hwc:
-        image = image.permute(1, 2, 0).contiguous()  # reorder as uint8: 4x fewer bytes than float
-    if normalize is None:
-        return image
-    return normalize(image) if hwc else normalize.chw(image)
 
 
 def folder_datasets(cfg: DataConfig) -> tuple[FolderDataset, FolderDataset]:

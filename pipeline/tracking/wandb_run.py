@@ -80,7 +80,10 @@ class WandbTracker:
 
             artifact = wandb.Artifact(f"{self.run.id}-checkpoint", type="model",
                                       metadata={"step": summary.get("steps")})
-            artifact.add_file(str(checkpoint))
+            if checkpoint.is_dir():  # a DeepSpeed checkpoint: the tag folder with its shards
+                artifact.add_dir(str(checkpoint), name=checkpoint.name)
+            else:
+                artifact.add_file(str(checkpoint))
             self.run.log_artifact(artifact)
         if interrupted:
             self.run.mark_preempting()

@@ -63,8 +63,7 @@ def _project(root: Path, split: str, batch: int, workers: int, size: int, backen
     return one_pass
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pipeline bench data")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="ImageNet-layout folder (make one: pipeline make-demo-data DIR --size 500)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="loader processes / DALI threads (same for all)")
@@ -72,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backends", default="baseline,torchvision,dali")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the project's batches end")
-    args = p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.workers))
     root = Path(args.dir)
     rows = []

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pipeline import checkpoint as ckpt
 from pipeline.config import RootConfig
 from pipeline.runtime import Runtime
 
@@ -49,7 +49,9 @@ def _batch_keys(cfg: RootConfig, rt: Runtime) -> dict:
 
 
 class DeepSpeedEngine:
-    def __init__(self, bare: nn.Module, optimizer: torch.optim.Optimizer, cfg: RootConfig, rt: Runtime) -> None:
+    layout = ckpt.DEEPSPEED
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, cfg: RootConfig, rt: Runtime) -> None:
         if rt.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no oneCCL here: DeepSpeed uses gloo
         # DeepSpeed reads the torchrun variables itself; a job started without a launcher (one GPU,
@@ -59,13 +61,11 @@ class DeepSpeedEngine:
             os.environ.setdefault(name, str(value))
         import deepspeed
 
-        self.rt, self.module = rt, bare
+        self.rt, self.module = rt, module
         self.optimizer = optimizer  # the base optimizer: LRSchedule sets its param_groups' lr
         self.ds_config = deepspeed_config(cfg, rt)
-        self.engine, _, _, _ = deepspeed.initialize(model=bare, optimizer=optimizer, config=self.ds_config,
-                                                    dist_init_required=False)
-        self.model = self.engine
-        self.scaler = None
+        self.wrapped, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=self.ds_config,
+                                                     dist_init_required=False)
         self.skipped_steps = None  # DeepSpeed's fp16 loss scaler keeps its own count
 
     def autocast(self):
@@ -76,9 +76,9 @@ class DeepSpeedEngine:
         if self.rt.precision == "fp16":
             images = images.half()
         with self.autocast():
-            loss = loss_fn(self.engine(images), targets)
-        self.engine.backward(loss)  # divides by gradient_accumulation_steps itself
-        self.engine.step()  # steps the optimizer only at the accumulation boundary
+            loss = loss_fn(self.wrapped(images), targets)
+        self.wrapped.backward(loss)  # divides by gradient_accumulation_steps itself
+        self.wrapped.step()  # steps the optimizer only at the accumulation boundary
         return loss.detach().float()
 
     def sync_buffers(self) -> None:
@@ -93,26 +93,14 @@ class DeepSpeedEngine:
                 torch.distributed.broadcast(buf.data, src=0)
 
     # Checkpoints: every rank writes its ZeRO shard; DeepSpeed's own layout under checkpoints/<tag>.
-    def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict, keep: int) -> None:
+    def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict) -> None:
         self.sync_buffers()
-        folder = Path(run_dir) / "checkpoints"
-        tag = f"ds-step-{global_step:09d}"
-        self.engine.save_checkpoint(str(folder), tag=tag, client_state=extra)
-        if self.rt.is_main:
-            tags = sorted(p for p in folder.glob("ds-step-*") if p.is_dir())
-            for old in tags[: max(0, len(tags) - max(1, keep))]:
-                shutil.rmtree(old, ignore_errors=True)
+        self.wrapped.save_checkpoint(str(ckpt.checkpoint_dir(run_dir)), tag=ckpt.deepspeed_tag(global_step),
+                                     client_state=extra)
 
-    def load_checkpoint(self, run_dir: Path, mode: str) -> tuple[str, dict] | None:
-        folder = Path(run_dir) / "checkpoints"
-        if mode == "auto":
-            tags = sorted((p for p in folder.glob("ds-step-*") if p.is_dir()), reverse=True)
-            if not tags:
-                return None
-            path, tag = folder, tags[0].name
-        else:
-            path, tag = Path(mode).parent, Path(mode).name
-        load_path, client_state = self.engine.load_checkpoint(str(path), tag=tag)
+    def load_checkpoint(self, path: Path) -> dict:
+        path = Path(path)
+        load_path, client_state = self.wrapped.load_checkpoint(str(path.parent), tag=path.name)
         if load_path is None:
-            raise RuntimeError(f"DeepSpeed could not load checkpoint {path / tag}")
-        return str(path / tag), client_state
+            raise ckpt.CheckpointError(f"DeepSpeed could not load checkpoint {path}")
+        return client_state

@@ -6,6 +6,7 @@ decoder). Exit code 1 when anything would stop or silently change a training run
 """
 from __future__ import annotations
 
+import argparse
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,15 @@ def scan_split(root: Path, workers: int) -> SplitReport:
             if problem:
                 report.bad_files.append((path, problem))
     return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir")
+    p.add_argument("--workers", type=int, default=0, help="decode processes (default: all cores)")
+
+
+def main(args: argparse.Namespace) -> int:
+    return check_data(Path(args.dir), args.workers)
 
 
 def check_data(root: Path, workers: int = 0) -> int:

@@ -59,23 +59,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     return 1 if failed else 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline sweep")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="+", help="config files or folders (files starting with _ are bases)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--group", default="sweep")
     p.add_argument("--root", default="runs")
     p.add_argument("--slurm", help="submit each run with this sbatch script instead of running it here")
     p.add_argument("--dry-run", action="store_true")
-    return p
 
 
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """key=value words are overrides; the rest are sweep arguments."""
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    return [a for a in argv if a not in overrides], overrides
-
-
-def main(argv: list[str]) -> int:
-    own, overrides = split_overrides(argv)
-    return run(parser().parse_args(own), overrides)
+def main(args: argparse.Namespace) -> int:
+    return run(args, args.overrides)

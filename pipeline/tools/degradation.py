@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.metrics import read_metrics
-from pipeline.sweep import parser as sweep_parser
-from pipeline.sweep import run as run_sweep
+from pipeline.tools.sweep import run as run_sweep
 
 MODELS = ("plain20", "plain56", "resnet20", "resnet56")
 
@@ -46,13 +45,14 @@ def plot(root: Path, out: Path) -> dict[str, float]:
     return final
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="pipeline degradation")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cifar", help="CIFAR-10 python folder (default: the demo data at 32 px)")
     p.add_argument("--steps", type=int, default=0, help="iterations per model (default: the paper's 64k on CIFAR, 600 on demo)")
     p.add_argument("--group", default="degradation")
     p.add_argument("--out", default="")
-    args, overrides = p.parse_known_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     configs = [f"configs/cifar10/{m}.yaml" for m in MODELS]
     if args.cifar:
         base = [f"data.path={args.cifar}"] + ([f"trainer.max_steps={args.steps}"] if args.steps else [])
@@ -62,8 +62,9 @@ def main(argv: list[str]) -> int:
                 "model.num_classes=10", "data.scale=[0.35,1.0]", f"trainer.max_steps={steps}", "trainer.log_every=10",
                 f"optim.milestones=[{steps // 2},{steps * 3 // 4}]", "trainer.checkpoint_every=0",
                 "data.backend=auto", "data.workers=2", "trainer.epochs=1000", "trainer.eval_every=1000"]
-    sweep_args = sweep_parser().parse_args([*configs, "--group", args.group])
-    code = run_sweep(sweep_args, base + overrides)
+    sweep_args = argparse.Namespace(configs=configs, seeds="0", group=args.group, root="runs", slurm=None,
+                                    dry_run=False)
+    code = run_sweep(sweep_args, base + args.overrides)
     out = Path(args.out or f"runs/{args.group}/training_error.png")
     final = plot(Path("runs") / args.group, out)
     for name, err in final.items():

@@ -41,7 +41,7 @@ def load_run(spec: str) -> RunData:
         summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
         return RunData(path.name, config, read_metrics(path), summary)
     if path.exists():  # an offline W&B run (folder or .wandb file)
-        from pipeline.wandb_file import read_offline_run
+        from pipeline.tracking.offline import read_offline_run
 
         run = read_offline_run(path)
         config = {k: v.get("value", v) if isinstance(v, dict) and "value" in v else v for k, v in run.config.items()}
@@ -115,13 +115,14 @@ def _fmt(v) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="pipeline compare")
-    p.add_argument("runs", nargs="*")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", help="run directories, offline W&B run folders or entity/project/id")
     p.add_argument("--project", help="online: entity/project to select runs from")
     p.add_argument("--group", default="")
     p.add_argument("--out", default="compare.png", help="PNG with val/top1 and train/loss against epoch")
-    args = p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     runs = [load_run(spec) for spec in args.runs]
     if args.project:
         runs += online_runs(args.project, args.group)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.config import ModelConfig, OptimConfig, load_config
-from pipeline.engine import compile_model
+from pipeline.engines import compile_model
 from pipeline.models import build_model
 from pipeline.optim import build_optimizer
 
@@ -71,7 +71,7 @@ class TrainerLoop:
         from pipeline.distributed import WorldInfo
         from pipeline.metrics import Progress
         from pipeline.runtime import make_runtime
-        from pipeline.train import Trainer
+        from pipeline.training.trainer import Trainer
 
         self._run_dir = tempfile.TemporaryDirectory()
         cfg = load_config(None, [f"model.name={model_name}", "model.num_classes=1000", "data.dataset=synthetic",
@@ -133,8 +133,7 @@ def bare_numerics(device: torch.device, all_variants: bool, skip_fp32: bool) -> 
     return [(p, cl) for p in precisions for cl in (False, True)], note
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline bench train")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--batch", type=int, default=0, help="default: 256 on GPU, 32 on CPU")
     parser.add_argument("--image-size", type=int, default=224)
@@ -147,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-fp32", action="store_true", help="GPU: skip the naive fp32 eager baseline")
     parser.add_argument("--all-variants", action="store_true",
                         help="CPU: also time bf16 where the CPU has no bf16 instructions (slow)")
-    args = parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if (args.device == "auto" and torch.cuda.is_available()) else
                           (args.device if args.device != "auto" else "cpu"))
     gpu = device.type == "cuda"

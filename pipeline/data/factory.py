@@ -1,0 +1,66 @@
+"""The only place that picks and imports a data backend: `build_data` returns train/val loaders."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.data.planned import TorchLoader
+from pipeline.data.sampler import ShardPlan
+from pipeline.data.synthetic import SyntheticLoader
+from pipeline.data.types import DataBundle, Placement
+
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia.dali") is not None
+
+
+def resolve_backend(cfg: DataConfig) -> str:
+    if cfg.dataset == "synthetic" or cfg.backend == "synthetic":
+        return "synthetic"
+    if cfg.backend == "auto":
+        # DALI reads the ImageNet folder layout; CIFAR's in-memory arrays stay on torchvision.
+        return "dali" if cfg.dataset == "imagefolder" and dali_available() else "torchvision"
+    return cfg.backend
+
+
+def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: int = 0) -> DataBundle:
+    """Build the train and val loaders for this rank (file backends imported on demand: DALI may be absent)."""
+    backend = resolve_backend(cfg)
+    if backend == "synthetic":
+        classes = num_classes or 1000
+        return DataBundle(SyntheticLoader(cfg, classes, placement, True, seed),
+                          SyntheticLoader(cfg, classes, placement, False, seed + 1),
+                          classes, backend, [str(i) for i in range(classes)])
+    listed = cfg.train_list or cfg.val_list
+    if cfg.dataset == "imagefolder" and cfg.make_demo and not listed and not Path(cfg.path).exists():
+        from pipeline.data.demo import make_demo_data
+
+        if placement.rank == 0 or placement.world_size == 1:
+            make_demo_data(Path(cfg.path))
+        _barrier(placement)
+    if backend == "dali":
+        from pipeline.data.dali import dali_loaders
+
+        return dali_loaders(cfg, placement, seed)
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from pipeline.data.cifar import cifar_datasets
+
+        train_set, val_set = cifar_datasets(cfg)
+    else:
+        from pipeline.data.folder import folder_datasets
+
+        train_set, val_set = folder_datasets(cfg)
+    val_batch = cfg.val_batch_size or cfg.batch_size
+    train_plan = ShardPlan(len(train_set), placement.rank, placement.world_size, cfg.batch_size, True, seed)
+    val_plan = ShardPlan(len(val_set), placement.rank, placement.world_size, val_batch, False, seed)
+    return DataBundle(TorchLoader(train_set, train_plan, cfg, placement),
+                      TorchLoader(val_set, val_plan, cfg, placement),
+                      len(train_set.classes), "torchvision", list(train_set.classes))
+
+
+def _barrier(placement: Placement) -> None:
+    if placement.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()

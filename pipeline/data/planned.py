@@ -1,0 +1,78 @@
+"""Loaders whose batches come from a ShardPlan: the shared base, and the torchvision DataLoader one."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.data.normalize import Normalizer, PixelNormalizer
+from pipeline.data.sampler import ShardPlan
+from pipeline.data.types import Placement
+
+
+class PlannedLoader:
+    """What every file-backed loader shares: a ShardPlan, the resume position, the replaced count."""
+
+    backend = ""
+
+    def __init__(self, plan: ShardPlan, num_samples: int) -> None:
+        self.plan = plan
+        self.num_samples = num_samples
+        self.replaced_images = 0  # undecodable files swapped out under on_bad_image=skip
+        self._epoch, self._start = 0, 0
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch()
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self._epoch, self._start = epoch, start_step
+
+
+class TorchLoader(PlannedLoader):
+    """A torch DataLoader over a map-style dataset (folder or CIFAR), batches chosen by a ShardPlan."""
+
+    backend = "torchvision"
+
+    def __init__(self, dataset, plan: ShardPlan, cfg: DataConfig, placement: Placement) -> None:
+        super().__init__(plan, len(dataset))
+        self.dataset = dataset
+        # On CPU the training process is the bottleneck: normalize in the loader workers instead.
+        in_workers = placement.device.type == "cpu" and cfg.workers > 0
+        if in_workers:
+            dataset.normalize = PixelNormalizer(cfg.mean, cfg.std)
+        self.normalize = Normalizer(cfg.mean, cfg.std, placement, in_workers)
+        dataset.hwc = placement.channels_last
+        self.workers = cfg.workers
+        self.pin = placement.device.type == "cuda"
+        self._loader = None
+
+    # The DataLoader iterates this object as its batch sampler, in the main process, so one
+    # DataLoader with persistent workers serves every epoch and resume position.
+    def __len__(self) -> int:
+        return self.plan.steps_per_epoch() - self._start
+
+    def _batch_sampler_iter(self):
+        return iter(self.plan.batches(self._epoch, self._start))
+
+    def __iter__(self):
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=_BatchSource(self), num_workers=self.workers, pin_memory=self.pin,
+                prefetch_factor=4 if self.workers else None, persistent_workers=self.workers > 0)
+        for images, labels, replaced in self._loader:
+            self.replaced_images += int(replaced.sum())
+            if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
+                images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
+            yield self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+
+
+class _BatchSource:
+    def __init__(self, owner: TorchLoader) -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __iter__(self):
+        return self.owner._batch_sampler_iter()
+
+

@@ -1,0 +1,47 @@
+"""The data layer's shared types: what every backend returns and the one error it raises.
+
+A loader yields (images, labels) already on the training device: images float32, normalized,
+NCHW or channels_last as the model wants; labels int64. `set_epoch(epoch, start_step)` selects
+the epoch's order and where in it to start (mid-epoch resume).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import torch
+
+
+class DataError(RuntimeError):
+    """A dataset problem the user must fix (missing folder, bad list, unreadable image)."""
+
+
+class BatchLoader(Protocol):
+    num_samples: int  # images in the split, all ranks together
+    backend: str
+    replaced_images: int  # unreadable files swapped out under data.on_bad_image=skip
+
+    def steps_per_epoch(self) -> int: ...
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+@dataclass
+class Placement:
+    """Where and in which layout batches must arrive (from the runtime, not the config)."""
+
+    device: torch.device
+    channels_last: bool
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class DataBundle:
+    train: BatchLoader
+    val: BatchLoader
+    num_classes: int
+    backend: str
+    classes: list[str]

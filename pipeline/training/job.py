@@ -1,0 +1,86 @@
+"""`pipeline train`: the job around the Trainer (process group, run directory, tracking, summary)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline import checkpoint as ckpt
+from pipeline import distributed as dist_utils
+from pipeline.config import RootConfig, to_yaml
+from pipeline.metrics import format_duration
+from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
+from pipeline.training.trainer import Trainer
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; resume to go on
+
+
+def run_training(cfg: RootConfig) -> tuple[dict, int]:
+    """Returns (summary, exit code)."""
+    world = dist_utils.world_info_from_env()
+    configure_threads(cfg.trainer, world)
+    rt = make_runtime(cfg.trainer, world)
+    # DDP and DeepSpeed need a process group even for one process.
+    dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s,
+                                  always=rt.engine_kind != "single")
+    rt = agree_on_numerics(rt)
+    start = time.time()
+    try:
+        run_dir = Path(cfg.trainer.run_dir)
+        if rt.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        trainer = Trainer(cfg, rt)
+        trainer.resume()
+        env = environment_facts(rt, trainer.data.backend)
+        tracker = _start_tracking(cfg, run_dir, trainer, env) if rt.is_main else None
+        if rt.is_main:
+            (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
+            trainer.log_line(_start_line(cfg, rt, trainer, env["device"], tracker))
+        try:
+            summary = trainer.fit()
+        except BaseException:
+            if tracker is not None:
+                tracker.run.finish(exit_code=1)
+            raise
+        summary.update({"wall_seconds": round(time.time() - start, 2), "device": env["device"],
+                        "world_size": world.world_size, "data_backend": trainer.data.backend,
+                        "precision": rt.precision, "channels_last": rt.channels_last,
+                        "numerics_reason": rt.numerics_reason, "engine": rt.engine_kind,
+                        "device_hours": round(summary["train_seconds"] * world.world_size / 3600, 4),
+                        "wandb_run_id": trainer.state.wandb_run_id or None})
+        interrupted = summary["status"] == "interrupted"
+        if rt.is_main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if tracker is not None:
+                newest = ckpt.list_checkpoints(run_dir, trainer.engine.layout)
+                tracker.finish(summary, newest[0] if newest else None, interrupted)
+            verb = "stopped (checkpoint saved; rerun the same command to resume)" if interrupted else "finished"
+            top1 = summary["final/val/top1"]
+            trainer.log_line(f"{verb} in {format_duration(summary['wall_seconds'])}: "
+                             + (f"val top1 {top1:.2f}%, " if top1 is not None else "")
+                             + f"run directory {run_dir.resolve()}")
+        return summary, (EXIT_INTERRUPTED if interrupted else 0)
+    finally:
+        dist_utils.shutdown()
+
+
+def _start_tracking(cfg: RootConfig, run_dir: Path, trainer: Trainer, env: dict):
+    """A W&B run as a metrics sink (rank 0), resumed when the checkpoint names one."""
+    if cfg.logging.wandb.mode == "disabled":
+        return None
+    from pipeline.tracking.wandb_run import WandbTracker, run_id_for
+
+    trainer.state.wandb_run_id = run_id_for(run_dir, trainer.state.wandb_run_id)
+    tracker = WandbTracker(cfg, run_dir, trainer.state.wandb_run_id, env)
+    trainer.metrics.sinks.append(tracker)
+    return tracker
+
+
+def _start_line(cfg: RootConfig, rt: Runtime, trainer: Trainer, device: str, tracker) -> str:
+    data = trainer.data
+    return (f"model {cfg.model.name} ({trainer.num_params:,} parameters) on {device}, "
+            f"{rt.precision}{' channels_last' if rt.channels_last else ''} ({rt.numerics_reason}), "
+            f"engine {rt.engine_kind}, world {rt.world.world_size}, data {data.backend} "
+            f"({data.train.num_samples} train / {data.val.num_samples} val images)"
+            + (f", W&B {tracker.mode} run {trainer.state.wandb_run_id}" if tracker else ""))

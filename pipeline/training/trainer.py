@@ -1,0 +1,252 @@
+"""The Trainer: epochs of (train, validate, checkpoint) over one engine, resumable at any step."""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline import distributed as dist_utils
+from pipeline import faults
+from pipeline.config import RootConfig, to_dict
+from pipeline.data import Placement, build_data
+from pipeline.engines import build_engine
+from pipeline.metrics import MetricsLog, Progress
+from pipeline.models import build_model, count_parameters
+from pipeline.optim import LRSchedule, build_optimizer, scaled_lr
+from pipeline.runtime import Runtime, StopSignal, seed_everything
+from pipeline.training.evaluate import evaluate, replica_checksum
+from pipeline.training.state import LogWindow, TrainState
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def make_loss(cfg: RootConfig, num_classes: int):
+    """Returns (mixup_fn or None, loss(logits, targets))."""
+    if cfg.data.mixup > 0 or cfg.data.cutmix > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix,
+                      label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)
+        return mixup, SoftTargetCrossEntropy()
+    return None, torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+
+def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
+    model.train()
+    if frozen_bn:  # statistics fixed: the per-sample computation no longer depends on the batch
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Trainer:
+    def __init__(self, cfg: RootConfig, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.run_dir = Path(cfg.trainer.run_dir)
+        seed_everything(cfg.trainer.seed)  # same initial weights on every rank
+        placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size)
+        self.data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
+        model = build_model(cfg.model, cfg.model.num_classes or self.data.num_classes)
+        self.num_params = count_parameters(model)
+        self.accumulation = cfg.optim.accumulation
+        self.steps_per_epoch = max(1, self.data.train.steps_per_epoch() // self.accumulation)
+        global_batch = cfg.data.batch_size * rt.world.world_size * self.accumulation
+        self.base_lr = scaled_lr(cfg.optim, global_batch)
+        self.engine = build_engine(model, lambda module: build_optimizer(module, cfg.optim, self.base_lr, rt.device),
+                                   cfg, rt)
+        self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs)
+        self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
+        self.ema = None
+        if cfg.trainer.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.engine.module, decay=cfg.trainer.ema_decay)
+        self.state = TrainState()
+        self.metrics = MetricsLog(self.run_dir, rt.is_main)
+        self.total_steps = cfg.trainer.epochs * self.steps_per_epoch
+        if cfg.trainer.max_steps > 0:
+            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
+        self.stop = StopSignal()
+        self.nonfinite_windows = 0  # consecutive log windows with a non-finite loss
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """Everything but the engine's own state (model, optimizer, scaler), which it saves itself."""
+        return {"scheduler": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+                "rng": ckpt.rng_state(), "progress": self.state.to_dict(), "wandb_run_id": self.state.wandb_run_id,
+                "config": to_dict(self.cfg)}
+
+    def save(self) -> None:
+        try:
+            self.engine.save_checkpoint(self.run_dir, self.state.global_step, self.checkpoint_state())
+            if self.rt.is_main:
+                ckpt.prune(self.run_dir, self.cfg.trainer.keep_checkpoints, self.engine.layout)
+        except OSError as exc:
+            where = ckpt.checkpoint_dir(self.run_dir)
+            if self.cfg.trainer.on_checkpoint_error == "stop":
+                raise RuntimeError(f"checkpoint write failed at step {self.state.global_step} in {where}: {exc}; "
+                                   "previous checkpoint kept") from None
+            print(f"warning: checkpoint write failed at step {self.state.global_step} in {where}: {exc}; "
+                  "previous checkpoint kept, training continues", file=sys.stderr, flush=True)
+            dist_utils.barrier()
+
+    def resume(self) -> None:
+        mode = self.cfg.trainer.resume
+        if mode == "never":
+            return
+        if mode == "auto":  # the newest of this engine's layout that loads
+            found = ckpt.load_latest(self.run_dir, self.engine.load_checkpoint, self.engine.layout)
+            if found is None:
+                return
+            path, state = found
+        else:
+            path, state = Path(mode), self.engine.load_checkpoint(Path(mode))
+        self.schedule.load_state_dict(state["scheduler"])
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        self.state = TrainState.from_dict(state["progress"], state.get("wandb_run_id", ""))
+        self.metrics.truncate_after(self.state.global_step)
+        self.log_line(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
+
+    def log_line(self, text: str) -> None:
+        if self.rt.is_main:
+            print(text, flush=True)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train_one_epoch(self, progress: Progress) -> bool:
+        """Returns False when the run must stop early (max_steps or a stop signal)."""
+        s, world_size = self.state, self.rt.world.world_size
+        self.data.train.set_epoch(s.epoch, s.step_in_epoch * self.accumulation)
+        batches = iter(self.data.train)
+        window = LogWindow(self.rt.device, world_size)
+        while s.step_in_epoch < self.steps_per_epoch:
+            if s.global_step >= self.total_steps:
+                return False
+            self.schedule.set_step(s.global_step)
+            faults.before_step(s.global_step)
+            for micro in range(self.accumulation):
+                self.micro_step(self.next_batch(batches, window), micro == self.accumulation - 1, window)
+            if self.ema is not None:
+                self.ema.update(self.engine.module, step=s.global_step)
+            s.step_in_epoch += 1
+            s.global_step += 1
+            progress.advance(s.global_step)
+            at_log = s.global_step % self.cfg.trainer.log_every == 0 or s.step_in_epoch == self.steps_per_epoch
+            if at_log:
+                self.log_window(window, progress)
+            every = self.cfg.trainer.checkpoint_every
+            if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
+                if self.nonfinite_windows == 0:  # never checkpoint a diverged state
+                    self.save()
+            if (world_size == 1 or at_log) and self.stop.agreed(world_size, self.rt.device):
+                self.save()
+                return False
+        return True
+
+    def next_batch(self, batches, window: LogWindow) -> tuple[torch.Tensor, torch.Tensor]:
+        wait_start = time.perf_counter()
+        batch = next(batches)
+        faults.slow_batch()
+        window.data_wait += time.perf_counter() - wait_start
+        return batch
+
+    def micro_step(self, batch: tuple[torch.Tensor, torch.Tensor], last_micro: bool, window: LogWindow) -> None:
+        images, labels = batch
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        loss_fn = window.counting(self.loss_fn)
+        if faults.nan_loss(self.state.global_step):  # injected divergence: NaN flows into the gradients
+            counted = loss_fn
+            loss_fn = lambda out, target: counted(out, target) * float("nan")  # noqa: E731
+        loss = self.engine.micro_step(images, labels, loss_fn, last_micro, self.accumulation)
+        window.add(loss, images.shape[0])
+
+    def log_window(self, window: LogWindow, progress: Progress) -> None:
+        s, stats = self.state, window.close()
+        s.train_seconds += stats.seconds
+        self.check_finite(stats.mean_loss)
+        s.img_per_sec.append(stats.img_per_sec)
+        s.data_wait.append(stats.data_wait)
+        lr = self.schedule.current_lr()
+        self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
+                          "train/loss": stats.mean_loss, "train/top1": stats.top1, "train/lr": lr,
+                          "train/img_per_sec": stats.img_per_sec, "train/data_wait": stats.data_wait})
+        progress.train_line(s.epoch, self.cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch, s.global_step,
+                            stats.mean_loss, lr, stats.img_per_sec, stats.data_wait)
+
+    def check_finite(self, mean_loss: float) -> None:
+        if math.isfinite(mean_loss):
+            self.nonfinite_windows = 0
+            return
+        self.nonfinite_windows += 1
+        if self.rt.precision == "fp16":
+            return  # the GradScaler already skipped those steps and lowered the scale
+        if self.nonfinite_windows >= self.cfg.trainer.nonfinite_patience:
+            raise NonFiniteLossError(
+                f"loss is {mean_loss} for {self.nonfinite_windows} consecutive log intervals at step {self.state.global_step}; "
+                f"stopping (last good checkpoint kept in {ckpt.checkpoint_dir(self.run_dir)})")
+
+    def validate(self, epoch: float) -> None:
+        """Evaluate on the val split (and the EMA weights), log it, keep the best top-1."""
+        s = self.state
+        self.engine.sync_buffers()
+        s.last_val = evaluate(self.engine.module, self.data.val, self.rt)
+        if self.ema is not None:
+            s.last_val.update(evaluate(self.ema.module, self.data.val, self.rt, prefix="val_ema"))
+        set_train_mode(self.engine.wrapped, self.cfg.model.frozen_bn)
+        s.best_top1 = max(s.best_top1, s.last_val["val/top1"])
+        self.metrics.log({"step": s.global_step, "epoch": epoch, **s.last_val})
+
+    def fit(self) -> dict:
+        cfg, s = self.cfg, self.state
+        progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
+        progress.advance(s.global_step)
+        set_train_mode(self.engine.wrapped, cfg.model.frozen_bn)
+        interrupted = False
+        try:
+            while s.epoch < cfg.trainer.epochs and s.global_step < self.total_steps:
+                if not self.train_one_epoch(progress):
+                    interrupted = bool(self.stop.requested)
+                    break
+                if s.epoch + 1 == cfg.trainer.epochs or (s.epoch + 1) % cfg.trainer.eval_every == 0:
+                    self.validate(s.epoch + 1)
+                    v = s.last_val
+                    progress.message(f"epoch {s.epoch + 1}/{cfg.trainer.epochs} val top1 {v['val/top1']:.2f} "
+                                     f"top5 {v['val/top5']:.2f} loss {v['val/loss']:.4f} ({v['val/samples']} images)")
+                s.epoch += 1
+                s.step_in_epoch = 0
+                if self.nonfinite_windows == 0:  # never checkpoint a diverged state
+                    self.save()
+            if not interrupted and s.global_step >= self.total_steps and not s.last_val:
+                self.validate(s.epoch + s.step_in_epoch / self.steps_per_epoch)  # max_steps came first
+                self.save()
+        finally:
+            progress.close()
+        return self.summary("interrupted" if interrupted else "completed")
+
+    def summary(self, status: str) -> dict:
+        s = self.state
+        rates = s.img_per_sec[1:] or s.img_per_sec  # the first window includes warm-up
+        waits = s.data_wait[1:] or s.data_wait
+        skipped = self.engine.skipped_steps
+        return {"status": status, "model": self.cfg.model.name, "parameters": self.num_params,
+                "best/val/top1": s.best_top1 if s.best_top1 >= 0 else None,
+                "final/val/top1": s.last_val.get("val/top1"), "final/val/top5": s.last_val.get("val/top5"),
+                "val/samples": s.last_val.get("val/samples"),
+                "train/img_per_sec": statistics.median(rates) if rates else None,
+                "train/data_wait": round(statistics.median(waits), 4) if waits else None,
+                "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
+                "train_seconds": round(s.train_seconds, 2), "replaced_images": self.data.train.replaced_images,
+                "fp16_skipped_steps": int(skipped) if self.rt.precision == "fp16" and skipped is not None else None,
+                "replicas_identical": replica_checksum(self.engine.module, self.rt.device),
+                "peak_memory_gib": (round(torch.cuda.max_memory_allocated(self.rt.device) / 2**30, 2)
+                                    if self.rt.device.type == "cuda" else None)}
