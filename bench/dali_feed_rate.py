@@ -16,7 +16,7 @@ import time
 import torch
 
 from pipeline.config import DataConfig
-from pipeline.data.dali import _EncodedBatches
+from pipeline.data.encoded import EncodedBatches
 from pipeline.data.folder import split_samples
 from pipeline.data.sampler import ShardPlan
 
@@ -32,7 +32,7 @@ def main() -> None:
     plan = ShardPlan(len(samples), 0, 1, args.batch, True, 0)
     rates, bytes_per_image = [], 0.0
     for epoch in range(args.passes + 1):
-        source = _EncodedBatches(samples, plan.batches(epoch, 0), cfg, True)
+        source = EncodedBatches(samples, plan.batches(epoch, 0), cfg, True)
         start, images, nbytes = time.perf_counter(), 0, 0
         while True:
             try:

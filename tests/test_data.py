@@ -8,7 +8,7 @@ from PIL import Image
 from pipeline.config import load_config
 from pipeline.data import DataError, Placement, build_data
 from pipeline.data.sampler import ShardPlan
-from tests.conftest import FAST, run_cli
+from tests.helpers import FAST, run_cli
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -20,16 +20,16 @@ def test_validation_shards_cover_every_image_exactly_once(world):
     assert sorted(seen) == list(range(130))
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_train_shards_cover_every_image_each_epoch(world):
+@pytest.mark.parametrize("world, steps, padded", [(2, 7, 12), (3, 5, 20)])
+def test_train_shards_cover_every_image_each_epoch(world, steps, padded):
+    """100 images, 8 per rank: ceil(100 / (8 * world)) steps on every rank, the last global batch
+    filled by wrapping to the epoch's first images (12 repeats at world 2, 20 at world 3)."""
     plans = [ShardPlan(100, r, world, batch_size=8, train=True, seed=3) for r in range(world)]
-    steps = {p.steps_per_epoch() for p in plans}
-    assert len(steps) == 1  # every rank runs the same number of steps (DDP needs it)
-    (steps_per_epoch,) = steps
+    assert [p.steps_per_epoch() for p in plans] == [steps] * world  # DDP needs equal step counts
     for epoch in (0, 1):
         seen = [i for p in plans for batch in p.batches(epoch) for i, _ in batch]
         assert set(seen) == set(range(100))
-        assert len(seen) == steps_per_epoch * world * 8  # padded by wrapping, never short
+        assert len(seen) - 100 == padded and all(len(b) == 8 for p in plans for b in p.batches(epoch))
     first = [i for b in plans[0].batches(0) for i, _ in b]
     assert first != [i for b in plans[0].batches(1) for i, _ in b]  # reshuffled per epoch
 

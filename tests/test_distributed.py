@@ -9,7 +9,7 @@ import torch
 
 from pipeline.distributed import first_host, world_info_from_env
 from pipeline.metrics import read_metrics
-from tests.conftest import FAST, REPO
+from tests.helpers import FAST, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_two_processes_half_batch_equal_one_process_full_batch(tmp_path, demo_da
 def test_validation_counts_every_image_once(tmp_path, demo_data, world):
     run = tmp_path / "run"
     base = [*FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.val_batch_size=16"]
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_cli("train", *base, "trainer.epochs=1", check=True)
     single = json.loads(run_cli("eval", *base, check=True).stdout.strip().splitlines()[-1])

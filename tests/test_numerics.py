@@ -9,7 +9,7 @@ import torch
 
 from pipeline import numerics
 from pipeline.config import ConfigError, load_config
-from tests.conftest import FAST, REPO, run_cli
+from tests.helpers import FAST, REPO, run_cli
 
 # An AVX-512 CPU made to behave like an AVX2-only one for ATen and oneDNN: under these two
 # variables bf16 autocast is 8-20x slower than fp32 on the AVX-512 EPYC, as on a real AVX2 EPYC

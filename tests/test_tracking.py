@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.metrics import read_metrics
 from pipeline.tracking.offline import read_offline_run
-from tests.conftest import FAST, REPO, run_cli
+from tests.helpers import FAST, REPO, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs `pipeline` in a subprocess
 

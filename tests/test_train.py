@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.metrics import read_metrics
-from tests.conftest import FAST, REPO, run_cli
+from tests.helpers import FAST, REPO, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs `pipeline` in a subprocess
 

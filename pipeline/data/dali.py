@@ -14,19 +14,16 @@ resampler costs 4-7x more per image than torch's (antialiased), more than the RO
 """
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
-from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data import bad_images
+from pipeline.data.encoded import EncodedBatches
 from pipeline.data.folder import load_rgb, split_samples, val_resize_shorter
 from pipeline.data.normalize import PixelNormalizer
 from pipeline.data.planned import PlannedLoader
@@ -148,83 +145,6 @@ class TorchResize:
         return images if self.channels_last else images.contiguous()
 
 
-@dataclass
-class _EncodedBatches:
-    """external_source callback: the bytes and labels of the plan's batches, in order; for
-    training also each sample's crop window and flip, from its seed (`augment`)."""
-
-    samples: list[tuple[str, int]]
-    batches: list[list[tuple[int, int]]]
-    cfg: DataConfig
-    train: bool
-    position: int = 0
-    error: str = ""  # set when a file fails the pre-decode check under on_bad_image=fail
-    replaced: list = None  # paths swapped out under on_bad_image=skip
-
-    def __call__(self):
-        if self.position >= len(self.batches):
-            raise StopIteration
-        batch = self.batches[self.position]
-        self.position += 1
-        data, labels, starts, shapes, flips = [], [], [], [], []
-        for index, seed in batch:
-            for candidate in bad_images.candidates(index, len(self.samples)):
-                path, label = self.samples[candidate]
-                size, problem = None, ""
-                try:
-                    encoded = np.fromfile(path, dtype=np.uint8)
-                    problem = _container_problem(encoded)
-                    if not problem and self.train:
-                        size = _image_size(encoded)
-                        problem = "" if size else "no image size in the header"
-                except OSError as exc:  # unreadable (permissions, vanished file)
-                    problem = str(exc)
-                if not problem:
-                    break
-                # Stop here rather than inside the decoder: a DALI operator error leaves the
-                # pipeline unusable, a Python error is reported cleanly.
-                if self.cfg.on_bad_image == "fail":
-                    self.error = bad_images.failure_message(path, problem)
-                    raise StopIteration
-                bad_images.report(path, problem, self.cfg.on_bad_image)
-                self.replaced = (self.replaced or []) + [path]
-            data.append(encoded)
-            labels.append(np.array(label, dtype=np.int64))
-            if self.train:
-                w = random_resized_crop(seed, *size, tuple(self.cfg.scale), tuple(self.cfg.ratio), self.cfg.hflip)
-                starts.append(np.array([w.left, w.top], dtype=np.int32))
-                shapes.append(np.array([w.width, w.height], dtype=np.int32))
-                flips.append(np.array(w.flip, dtype=np.int32))
-        return (data, labels, starts, shapes, flips) if self.train else (data, labels)
-
-
-def _image_size(encoded: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the header: a JPEG marker walk, PIL's header parser for other formats."""
-    data = encoded.tobytes()
-    if data.startswith(b"\xff\xd8"):
-        return jpeg_size(data)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception:  # noqa: BLE001 - an unparsable header is reported as the file's problem
-        return None
-
-
-_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"GIF8")
-
-
-def _container_problem(encoded: np.ndarray) -> str:
-    """A cheap pre-decode check: empty files, unknown signatures, JPEGs cut short (no EOI marker)."""
-    if encoded.size == 0:
-        return "empty file"
-    head = encoded[:8].tobytes()
-    if not head.startswith(_SIGNATURES):
-        return "not an image (unknown file signature)"
-    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in encoded[-64:].tobytes():
-        return "truncated JPEG (no end-of-image marker)"
-    return ""
-
-
 def _dali_device_id(device: torch.device) -> int | None:
     """DALI's device_id: None builds a CPU-only pipeline, so a bare torch.device("cuda") must become
     its current index, or the "mixed" decoder could not be built."""
@@ -254,18 +174,11 @@ class DaliLoader(PlannedLoader):
                              if _resize_in_torch(cfg, placement.device) else None)
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
 
-    def _batches(self, start: int) -> list[list[tuple[int, int]]]:
-        batches = self.plan.batches(self._epoch, start)
-        if not self.bad_files:
-            return batches
-        n = len(self.samples)
-        return [[(bad_images.replacement(index, n, self.bad_files), seed) for index, seed in batch]
-                for batch in batches]
-
     def _pipeline(self, start: int):
         decode_device, op_device = _decode_device(self.placement.device)
         build = train_pipeline if self.train else val_pipeline
-        self._source = _EncodedBatches(self.samples, self._batches(start), self.cfg, self.train)
+        self._source = EncodedBatches(self.samples, self.plan.batches(self._epoch, start), self.cfg, self.train,
+                                       self.bad_files)
         return build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
                      layout=self.layout, resize_in_dali=self.torch_resize is None,
                      batch_size=self.plan.batch_size, num_threads=max(1, self.cfg.workers),
@@ -294,13 +207,12 @@ class DaliLoader(PlannedLoader):
         step = self._start
         while True:
             try:
-                for images, labels in self._pass(step):
+                for position, (images, labels) in enumerate(self._pass(step)):
                     step += 1
+                    self.replaced_images += self._source.replaced_per_batch[position]
                     yield images, labels
-                    self._count_replaced()
                 if self._source.error:
                     raise DataError(self._source.error)
-                self._count_replaced()
                 return
             except RuntimeError as exc:
                 if self._source.error:
@@ -310,23 +222,18 @@ class DaliLoader(PlannedLoader):
                     raise
                 for index in bad:  # raises on the first one under on_bad_image=fail
                     bad_images.report(self.samples[index][0], f"DALI: {_reason(exc)}", self.cfg.on_bad_image)
-                self.bad_files.update(bad)
-                self.replaced_images += len(bad)  # restart the pass at the failing batch, bad files swapped
-
-    def _count_replaced(self) -> None:
-        if self._source.replaced:
-            self.replaced_images += len(self._source.replaced)
-            self._source.replaced = []
+                self.bad_files.update(bad)  # restart the pass at the failing batch, bad files replaced
 
     def _find_bad(self, step: int) -> list[int]:
         """Which files of the failing batch (and those prefetched after it) do not decode."""
-        bad = []
-        for batch in self._batches(step)[: PREFETCH_DEPTH + 1]:
+        bad, n = [], len(self.samples)
+        for batch in self.plan.batches(self._epoch, step)[: PREFETCH_DEPTH + 1]:
             for index, _ in batch:
+                used = bad_images.replacement(index, n, self.bad_files)  # the file the source read
                 try:
-                    load_rgb(self.samples[index][0])
+                    load_rgb(self.samples[used][0])
                 except Exception:  # noqa: BLE001 - any decode failure marks the file
-                    bad.append(index)
+                    bad.append(used)
         return sorted(set(bad))
 
     def _to_torch(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Model registry in timm's manner: one short registered function per variant.
+"""Model registry: every paper variant is registered by name from its architecture table (depths,
+block type, shortcut and activation), in loops over the papers' tables rather than one function each.
 
 `build_model(cfg)` builds a registry model, or any timm model as `timm/<name>`.
 """
@@ -12,6 +13,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.models.resnet import BlockOptions, ResNet
+from pipeline.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,6 @@ class ModelSpec:
     build: Callable[..., nn.Module]
     family: str  # imagenet | cifar
     default_classes: int
-    image_size: int
     paper: str
 
 
@@ -39,7 +40,7 @@ def _register(name: str, family: str, paper: str, **arch) -> None:
         return ResNet(num_classes=num_classes, opts=BlockOptions(**merged), cifar_stem=cifar,
                       drop_rate=drop_rate, zero_init_last=zero_init_last, **arch)
 
-    _REGISTRY[name] = ModelSpec(name, build, family, 10 if cifar else 1000, 32 if cifar else 224, paper)
+    _REGISTRY[name] = ModelSpec(name, build, family, 10 if cifar else 1000, paper)
 
 
 # ImageNet ResNets, He 2015 Table 1 (v1.5 stride placement by default, as torchvision).
@@ -81,10 +82,7 @@ def model_names() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else " (see `pipeline models`, or use timm/<name>)"
+        hint = did_you_mean(name, _REGISTRY) or " (see `pipeline models`, or use timm/<name>)"
         raise ValueError(f"unknown model '{name}'{hint}")
     return _REGISTRY[name]
 

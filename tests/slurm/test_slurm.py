@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.metrics import read_metrics
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"

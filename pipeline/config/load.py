@@ -1,0 +1,181 @@
+"""Loading a config: defaults < YAML file(s) < dotted CLI overrides (`optim.lr=0.2`).
+
+OmegaConf does the merging and type conversion; this module adds the error messages a user
+needs (the bad key, the closest valid key or value) and returns the frozen dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config.schema import ConfigError, RootConfig
+from pipeline.suggest import did_you_mean
+
+
+def _all_keys() -> dict[str, Any]:
+    # Resolve string annotations (from __future__ import annotations) to classes.
+    def walk(cls: type, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        hints = {f.name: f for f in dataclasses.fields(cls)}
+        defaults = cls()
+        for name in hints:
+            value = getattr(defaults, name)
+            dotted = f"{prefix}{name}"
+            out[dotted] = value
+            if dataclasses.is_dataclass(value):
+                out.update(walk(type(value), dotted + "."))
+        return out
+
+    return walk(RootConfig, "")
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        dotted = f"{prefix}{k}"
+        keys.append(dotted)
+        if isinstance(v, dict) and dotted != "expected":
+            keys.extend(_flatten(v, dotted + "."))
+    return keys
+
+
+def _check_keys(keys: list[str], source: str) -> None:
+    valid = _all_keys()
+    for key in keys:
+        if key in valid or key.startswith("expected."):
+            continue
+        hint = did_you_mean(key, valid, cutoff=0.5)
+        if not hint:  # a typo in the last component: compare within the same section
+            section, _, leaf = key.rpartition(".")
+            siblings = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section]
+            hint = did_you_mean(leaf, siblings, cutoff=0.4, prefix=f"{section}." if section else "")
+        raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config; a top-level `base:` (path or list, relative to the file) is merged first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file includes itself: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    bases = tree.pop("base", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _deep_merge(merged, _read_yaml(path.parent / base, seen + (path.resolve(),)))
+    return _deep_merge(merged, tree)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, _, raw = item.partition("=")
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict:
+    tree: Any = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RootConfig:
+    """Build the frozen root config from defaults, an optional YAML file and dotted overrides."""
+    layers: list[tuple[str, dict]] = []
+    if config_file:
+        tree = _read_yaml(Path(config_file))
+        _check_keys(_flatten(tree), str(config_file))
+        layers.append((str(config_file), tree))
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_keys([key], "command-line overrides")
+        layers.append((f"override '{item}'", _nest(key, value)))
+
+    merged = OmegaConf.structured(RootConfig)
+    for source, tree in layers:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(tree))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", "") or "?"
+            expected = _all_keys().get(key)
+            kind = type(expected).__name__ if expected is not None else "a different type"
+            raise ConfigError(
+                f"config key '{key}' from {source} has the wrong type: expected {kind}, "
+                f"got {getattr(exc, 'msg', str(exc)).splitlines()[0]}"
+            ) from None
+    cfg: RootConfig = OmegaConf.to_object(merged)
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.backend": ("auto", "torchvision", "dali", "synthetic"),
+    "data.dataset": ("imagefolder", "cifar10", "cifar100", "synthetic"),
+    "data.on_bad_image": ("fail", "skip"),
+    "data.dali_resize": ("auto", "dali", "torch"),
+    "optim.name": ("sgd", "lars", "lamb"),
+    "optim.schedule": ("cosine", "step", "multistep", "constant"),
+    "optim.milestones_in": ("epochs", "steps"),
+    "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
+    "trainer.channels_last": ("auto", "true", "false"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
+    "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "trainer.on_checkpoint_error": ("continue", "stop"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
+    "logging.progress": ("auto", "bar", "lines", "none"),
+    "logging.wandb.mode": ("online", "offline", "disabled", "auto"),
+    "model.variant": ("v1", "v1.5"),
+    "model.projection": ("", "A", "B", "C"),
+}
+
+_CASE_FREE = ("trainer.channels_last",)
+
+
+def get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: RootConfig) -> None:
+    for key, choices in _CHOICES.items():
+        value = get(cfg, key)
+        if key in _CASE_FREE:  # YAML's true/false arrive as "True"/"False" in a string field
+            value = str(value).lower()
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' is '{value}', expected one of {', '.join(choices)}"
+                              + did_you_mean(str(value), choices))
+    positive = ("data.batch_size", "data.image_size", "optim.accumulation", "trainer.log_every", "trainer.epochs")
+    for key in positive:
+        if get(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
+    if cfg.distributed.zero_stage not in (0, 1, 2):
+        raise ConfigError(f"config key 'distributed.zero_stage' must be 0, 1 or 2, got {cfg.distributed.zero_stage}")
+
+
+def to_dict(cfg: RootConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: RootConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,101 @@
+"""The files behind DALI's `fn.external_source`: encoded bytes of a ShardPlan's batches, checked
+before decoding (a DALI operator error leaves the pipeline unusable; a Python check does not),
+with each training sample's crop window and flip from its seed. No DALI import: plain numpy.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.data import bad_images
+from pipeline.data.augment import jpeg_size, random_resized_crop
+
+
+@dataclass
+class EncodedBatches:
+    """external_source callback: the bytes and labels of the plan's batches, in order; for
+    training also each sample's crop window and flip, from its seed (`augment`).
+
+    Unreadable files are replaced by the shared rule (`bad_images`): files known bad (`known_bad`,
+    shared with the loader) are passed over, others fail a cheap pre-decode check here."""
+
+    samples: list[tuple[str, int]]
+    batches: list[list[tuple[int, int]]]
+    cfg: DataConfig
+    train: bool
+    known_bad: set = field(default_factory=set)  # indices of files that do not decode
+    position: int = 0
+    error: str = ""  # set when a file fails the pre-decode check under on_bad_image=fail
+    replaced_per_batch: list = field(default_factory=list)  # samples whose file was replaced, per batch
+
+    def __call__(self):
+        if self.position >= len(self.batches):
+            raise StopIteration
+        batch = self.batches[self.position]
+        self.position += 1
+        data, labels, starts, shapes, flips = [], [], [], [], []
+        replaced = 0
+        for index, seed in batch:
+            for candidate in bad_images.candidates(index, len(self.samples)):
+                if candidate in self.known_bad:
+                    continue
+                path, label = self.samples[candidate]
+                size, problem = None, ""
+                try:
+                    encoded = np.fromfile(path, dtype=np.uint8)
+                    problem = _container_problem(encoded)
+                    if not problem and self.train:
+                        size = _image_size(encoded)
+                        problem = "" if size else "no image size in the header"
+                except OSError as exc:  # unreadable (permissions, vanished file)
+                    problem = str(exc)
+                if not problem:
+                    break
+                # Stop here rather than inside the decoder: a DALI operator error leaves the
+                # pipeline unusable, a Python error is reported cleanly.
+                if self.cfg.on_bad_image == "fail":
+                    self.error = bad_images.failure_message(path, problem)
+                    raise StopIteration
+                bad_images.report(path, problem, self.cfg.on_bad_image)
+                self.known_bad.add(candidate)
+            replaced += candidate != index
+            data.append(encoded)
+            labels.append(np.array(label, dtype=np.int64))
+            if self.train:
+                w = random_resized_crop(seed, *size, tuple(self.cfg.scale), tuple(self.cfg.ratio), self.cfg.hflip)
+                starts.append(np.array([w.left, w.top], dtype=np.int32))
+                shapes.append(np.array([w.width, w.height], dtype=np.int32))
+                flips.append(np.array(w.flip, dtype=np.int32))
+        self.replaced_per_batch.append(replaced)
+        return (data, labels, starts, shapes, flips) if self.train else (data, labels)
+
+
+def _image_size(encoded: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the header: a JPEG marker walk, PIL's header parser for other formats."""
+    data = encoded.tobytes()
+    if data.startswith(b"\xff\xd8"):
+        return jpeg_size(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # noqa: BLE001 - an unparsable header is reported as the file's problem
+        return None
+
+
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"P5", b"P6", b"GIF8")
+
+
+def _container_problem(encoded: np.ndarray) -> str:
+    """A cheap pre-decode check: empty files, unknown signatures, JPEGs cut short (no EOI marker)."""
+    if encoded.size == 0:
+        return "empty file"
+    head = encoded[:8].tobytes()
+    if not head.startswith(_SIGNATURES):
+        return "not an image (unknown file signature)"
+    if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in encoded[-64:].tobytes():
+        return "truncated JPEG (no end-of-image marker)"
+    return ""
