@@ -46,6 +46,57 @@ def deepspeed_tag(global_step: int) -> str:
     return f"ds-step-{global_step:09d}"
 
 
+def partial_tag(tag: str) -> str:
+    """Where DeepSpeed writes a save before it is complete (the name matches no layout)."""
+    return f".{tag}.partial"
+
+
+def remove_partial_deepspeed_saves(run_dir: str | Path) -> None:
+    for partial in checkpoint_dir(run_dir).glob(".ds-step-*.partial"):  # left by a job killed mid-save
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def complete_deepspeed_save(run_dir: str | Path, tag: str) -> Path:
+    """Rename a finished DeepSpeed save to its tag: only then can resume or eval pick it."""
+    folder = checkpoint_dir(run_dir)
+    final = folder / tag
+    if final.exists():  # the same step saved again (a stop signal at an epoch's last step)
+        shutil.rmtree(final)
+    os.replace(folder / partial_tag(tag), final)
+    _fsync_dir(folder)
+    return final
+
+
+# DeepSpeed's own classes that its ZeRO optimizer files hold besides tensors (found with
+# torch.serialization.get_unsafe_globals_in_checkpoint on DeepSpeed 0.19.8 saves): a stage enum,
+# the loss scalers and a (numel, start) record, numbers only. They are allowed for the
+# weights-only check of a DeepSpeed tag; no other class is.
+_DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
+                      "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                      "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                      "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def verify_deepspeed_files(tag_dir: Path) -> None:
+    """Every file of a DeepSpeed tag must load weights-only (DeepSpeed itself loads them with
+    weights_only=False, which would run a hostile pickle's code)."""
+    import importlib
+
+    allowed = []
+    for name in _DEEPSPEED_GLOBALS:
+        module, _, cls = name.rpartition(".")
+        try:
+            allowed.append(getattr(importlib.import_module(module), cls))
+        except (ImportError, AttributeError):
+            pass
+    files = sorted(Path(tag_dir).glob("*.pt"))
+    if not files:
+        raise CheckpointError(f"checkpoint {tag_dir} holds no DeepSpeed files")
+    with torch.serialization.safe_globals(allowed):
+        for path in files:
+            _load_file(path)
+
+
 def layout_of(path: str | Path) -> str | None:
     name = Path(path).name
     return next((layout for layout, pattern in _NAMES.items() if pattern.match(name)), None)
@@ -107,14 +158,18 @@ def atomic_save(obj: dict, path: Path) -> None:
             os.fsync(fh.fileno())
         faults.checkpoint_written()
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make a rename in it durable
+    finally:
+        os.close(dir_fd)
 
 
 def save_checkpoint(state: dict, run_dir: str | Path, global_step: int) -> Path:
@@ -148,7 +203,9 @@ def _load_file(path: Path):
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's refusal names the offending class on an "Unsupported global" line: report that one.
+        first = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(exc).__name__)
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
             raise CheckpointError(f"refusing checkpoint {path}: it holds objects that weights-only loading does not allow ({first[:200]})") from None
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated: {first[:200]}") from None

@@ -41,7 +41,8 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 run_dir="${RUN_DIR:-runs/${job_name}-${job_id}}"
 overrides=("trainer.run_dir=$run_dir" "trainer.resume=auto" "logging.progress=lines")
 [ -n "${DATA_PATH:-}" ] && overrides+=("data.path=$DATA_PATH")
-[ -n "${WANDB_MODE:-}" ] && overrides+=("logging.wandb.mode=$WANDB_MODE")
+# Tracked by default (online with a key, offline otherwise; an unreachable service falls back to offline).
+overrides+=("logging.wandb.mode=${WANDB_MODE:-auto}")
 [ -n "${WANDB_PROJECT:-}" ] && overrides+=("logging.wandb.project=$WANDB_PROJECT")
 overrides+=("logging.wandb.group=${WANDB_GROUP:-${job_name}-${job_id}}")
 

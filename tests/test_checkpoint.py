@@ -60,6 +60,17 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
         ckpt.load_checkpoint(path)
 
 
+def test_deepspeed_tag_with_a_hostile_pickle_is_refused(tmp_path):
+    """DeepSpeed would unpickle its files with weights_only=False: they are checked weights-only first."""
+    tag = ckpt.checkpoint_dir(tmp_path) / ckpt.deepspeed_tag(4)
+    tag.mkdir(parents=True)
+    torch.save({"module": {"w": torch.zeros(2)}, "progress": {"global_step": 4}}, tag / ckpt.DEEPSPEED_MODEL_FILE)
+    ckpt.verify_deepspeed_files(tag)  # a clean tag passes
+    torch.save({"optimizer_state_dict": _Evil()}, tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(ckpt.CheckpointError, match="refusing checkpoint .*optim_states.pt.*Unsupported global"):
+        ckpt.verify_deepspeed_files(tag)
+
+
 def test_failed_write_keeps_previous(tmp_path, monkeypatch):
     ckpt.save_checkpoint(_state(1), tmp_path, 1)
 

@@ -52,6 +52,24 @@ def test_cli_missing_config_file():
     assert proc.returncode == 2 and "config file not found: configs/nope.yaml" in proc.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["optim.lr=nan"], "config key 'optim.lr' must be a finite number, got nan"),
+    (["optim.lr=0"], "config key 'optim.lr' must be > 0, got 0.0"),
+    (["data.workers=-3"], "config key 'data.workers' must not be negative, got -3"),
+    (["data.hflip=1.5"], "config key 'data.hflip' is a fraction: it must be within [0, 1], got 1.5"),
+    (["model=3"], "config section 'model' in override 'model=3' must be a mapping of keys (e.g. model: {...}), got 3"),
+    (["--config", "{yaml}"], "config section 'model' in {yaml} must be a mapping of keys (e.g. model: {...}), got 3"),
+    (["trainer.run_dir=/proc/x"], "trainer.run_dir /proc/x cannot be created (No such file or directory); "
+                                  "set trainer.run_dir to a writable folder"),
+])
+def test_bad_values_end_before_training_with_one_line(tmp_path, args, message):
+    yaml_file = tmp_path / "section.yaml"
+    yaml_file.write_text("model: 3\n")
+    proc = run_cli("train", *[a.replace("{yaml}", str(yaml_file)) for a in args], quick=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"config error: {message.replace('{yaml}', str(yaml_file))}"]
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["model.name=resnet34"])
     (tmp_path / "c.yaml").write_text(to_yaml(cfg))

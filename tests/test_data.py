@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,17 @@ def test_unusual_images_are_converted(tmp_path):
 
 def test_missing_dataset_and_empty_class(tmp_path):
     proc = run_cli("train", *FAST, f"data.path={tmp_path / 'nope'}", "data.make_demo=false", quick=True)
-    assert proc.returncode == 1 and "dataset split not found" in proc.stderr and str(tmp_path / "nope") in proc.stderr
+    assert proc.returncode == 1 and f"dataset folder not found: {tmp_path / 'nope'}" in proc.stderr
+    # A mistyped path with the demo job's defaults (make_demo=true) must not get demo images written to it.
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'imagnet'}", quick=True)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: dataset folder not found: {tmp_path / 'imagnet'} (data.path; the demo dataset is created only "
+        f"at data/demo, or by `pipeline make-demo-data {tmp_path / 'imagnet'}`)"]
+    assert not (tmp_path / "imagnet").exists()
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}", quick=True)
+    assert proc.returncode == 1 and f"no class folders in {tmp_path / 'ds' / 'train'}" in proc.stderr
+    shutil.rmtree(tmp_path / "ds")
     for split in ("train", "val"):
         (tmp_path / "ds" / split / "a").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a" / "x.jpg")

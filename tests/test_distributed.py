@@ -9,7 +9,7 @@ import torch
 
 from pipeline.distributed import first_host, world_info_from_env
 from pipeline.metrics import read_metrics
-from tests.helpers import FAST, REPO
+from tests.helpers import FAST, REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +45,14 @@ def test_two_process_training(tmp_path, demo_data, engine):
     losses = [r["train/loss"] for r in read_metrics(run) if "train/loss" in r]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     assert proc.stdout.count("/3 val top1") == 3  # only rank 0 prints
+    if engine != "ddp":  # DeepSpeed's layout goes through checkpoint.py too: retention and `pipeline eval`
+        tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+        assert tags == [f"ds-step-{summary['steps'] * k // 3:09d}" for k in (2, 3)]  # keep_checkpoints=2
+        result = json.loads(run_cli("eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}",
+                                    check=True).stdout.strip().splitlines()[-1])
+        assert result["checkpoint"].endswith(tags[-1]) and result["step"] == summary["steps"]
+        assert result["val/samples"] == 130
+        assert result["val/top1"] == pytest.approx(summary["final/val/top1"], abs=1.0)  # one process vs two
 
 
 def _final_weights(run):

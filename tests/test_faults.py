@@ -94,6 +94,31 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, demo_data):
     assert _summary(run)["steps"] == 50
 
 
+def test_deepspeed_save_killed_before_complete_is_never_resumed(tmp_path, demo_data):
+    """kill -9 while a DeepSpeed save sits under its temporary tag: resume takes the previous tag,
+    and the run ends with the uninterrupted run's metrics."""
+    pytest.importorskip("deepspeed")
+    args = [*COMMON, f"data.path={demo_data}", "trainer.engine=deepspeed", "distributed.zero_stage=1"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    run_cli("train", *args, f"trainer.run_dir={straight}", check=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PIPELINE_FAULT_SLOW_CHECKPOINT": "1"}
+    job = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args, f"trainer.run_dir={run}"], cwd=REPO,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # step 5 complete, step 10 written but not yet renamed
+        if ckpt.list_checkpoints(run) and list((run / "checkpoints").glob(".ds-step-000000010.partial")):
+            break
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["ds-step-000000005"]
+    proc = run_cli("train", *args, f"trainer.run_dir={run}", check=True)
+    assert f"resumed from {run / 'checkpoints' / 'ds-step-000000005'}" in proc.stdout
+    assert not list((run / "checkpoints").glob(".ds-step-*"))  # the partial save was cleared
+    assert _summary(run)["final/val/top1"] == _summary(straight)["final/val/top1"]
+    assert _summary(run)["steps"] == _summary(straight)["steps"]
+
+
 @pytest.mark.parametrize("policy", ["continue", "stop"])
 def test_out_of_disk_keeps_previous_checkpoint(tmp_path, demo_data, policy):
     run = tmp_path / "run"

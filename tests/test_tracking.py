@@ -52,6 +52,24 @@ def test_api_key_never_written(tmp_path, demo_data):
             assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.parametrize("mode", ["auto", "online"])
+def test_unreachable_service_falls_back_to_offline_quickly(tmp_path, demo_data, mode):
+    """A W&B key in the environment but no route to the service (this machine has none; the test
+    points WANDB_BASE_URL at a closed local port to be sure): the run trains, logging offline."""
+    run = tmp_path / "run"
+    start = time.time()
+    proc = run_cli("train", *FAST, f"logging.wandb.mode={mode}", "trainer.epochs=1", f"data.path={demo_data}",
+                   f"trainer.run_dir={run}", env={"WANDB_API_KEY": FAKE_KEY, "WANDB_BASE_URL": "http://127.0.0.1:9"},
+                   check=True)
+    assert time.time() - start < 120  # the reported hang was 2m12s before dying
+    warnings = [line for line in proc.stderr.splitlines() if "W&B is unreachable" in line]
+    assert len(warnings) == 1 and f"wandb sync {run / 'wandb'}/offline-run-*" in warnings[0]
+    run_id = (run / "wandb_run_id.txt").read_text().strip()
+    (offline,) = _offline_runs(run)
+    assert offline.name.endswith(run_id) and read_offline_run(offline).run_id == run_id
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
 def test_disabled_writes_nothing(tmp_path, demo_data):
     run = tmp_path / "run"
     run_cli("train", *FAST, "logging.wandb.mode=disabled", "trainer.epochs=1", f"data.path={demo_data}",

@@ -6,6 +6,7 @@ needs (the bad key, the closest valid key or value) and returns the frozen datac
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,31 @@ def _nest(key: str, value: Any) -> dict:
     return tree
 
 
+def _check_sections(tree: dict, source: str, schema: Any = None, prefix: str = "") -> None:
+    """A section (model:, logging.wandb:) must hold keys; `model: 3` would otherwise reach OmegaConf."""
+    schema = RootConfig() if schema is None else schema
+    for key, value in tree.items():
+        default = getattr(schema, key, None)
+        if not dataclasses.is_dataclass(default):
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section '{prefix}{key}' in {source} must be a mapping of keys "
+                              f"(e.g. {prefix}{key}: {{...}}), got {value!r}")
+        _check_sections(value, source, default, f"{prefix}{key}.")
+
+
 def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RootConfig:
     """Build the frozen root config from defaults, an optional YAML file and dotted overrides."""
     layers: list[tuple[str, dict]] = []
     if config_file:
         tree = _read_yaml(Path(config_file))
         _check_keys(_flatten(tree), str(config_file))
+        _check_sections(tree, str(config_file))
         layers.append((str(config_file), tree))
     for item in overrides:
         key, value = _parse_override(item)
         _check_keys([key], "command-line overrides")
+        _check_sections(_nest(key, value), f"override '{item}'")
         layers.append((f"override '{item}'", _nest(key, value)))
 
     merged = OmegaConf.structured(RootConfig)
@@ -157,6 +173,32 @@ def get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+_SIGNED = ("trainer.seed", "model.gate_bias_init")  # numbers that may be negative
+_FRACTIONS = ("data.hflip", "data.crop_fraction", "model.drop_rate", "model.shortcut_dropout",
+              "optim.label_smoothing", "trainer.ema_decay")
+
+
+def _numbers(cfg: Any, prefix: str = ""):
+    """(dotted key, number) for every int or float in the config, tuples element by element."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, (tuple, list)):
+            yield from ((key, v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+
+
+def _check_numbers(cfg: RootConfig) -> None:
+    """No NaN or infinity anywhere (a NaN learning rate trains garbage), no negative counts or rates."""
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        if value < 0 and key not in _SIGNED:
+            raise ConfigError(f"config key '{key}' must not be negative, got {value}")
+
+
 def validate(cfg: RootConfig) -> None:
     for key, choices in _CHOICES.items():
         value = get(cfg, key)
@@ -165,10 +207,16 @@ def validate(cfg: RootConfig) -> None:
         if value not in choices:
             raise ConfigError(f"config key '{key}' is '{value}', expected one of {', '.join(choices)}"
                               + did_you_mean(str(value), choices))
+    _check_numbers(cfg)
     positive = ("data.batch_size", "data.image_size", "optim.accumulation", "trainer.log_every", "trainer.epochs")
     for key in positive:
         if get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
+    for key in _FRACTIONS:
+        if not 0 <= get(cfg, key) <= 1:
+            raise ConfigError(f"config key '{key}' is a fraction: it must be within [0, 1], got {get(cfg, key)}")
     if cfg.distributed.zero_stage not in (0, 1, 2):
         raise ConfigError(f"config key 'distributed.zero_stage' must be 0, 1 or 2, got {cfg.distributed.zero_stage}")
 

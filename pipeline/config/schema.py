@@ -48,7 +48,7 @@ class DataConfig:
     # "<path> <integer label>" per line, relative paths from the list's folder).
     train_list: str = ""
     val_list: str = ""
-    make_demo: bool = True  # create the demo dataset at data.path when it is missing
+    make_demo: bool = True  # create the demo dataset when data.path is data/demo and missing (never elsewhere)
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size
     image_size: int = 32  # the defaults are the demo job; configs/imagenet/* use 224

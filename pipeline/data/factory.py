@@ -10,7 +10,7 @@ from pipeline.config import DataConfig
 from pipeline.data.planned import TorchLoader
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.synthetic import SyntheticLoader
-from pipeline.data.types import DataBundle, Placement
+from pipeline.data.types import DataBundle, DataError, Placement
 
 
 def dali_available() -> bool:
@@ -35,12 +35,8 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
                           SyntheticLoader(cfg, classes, placement, False, seed + 1),
                           classes, backend, [str(i) for i in range(classes)])
     listed = cfg.train_list or cfg.val_list
-    if cfg.dataset == "imagefolder" and cfg.make_demo and not listed and not Path(cfg.path).exists():
-        from pipeline.data.demo import make_demo_data
-
-        if placement.rank == 0 or placement.world_size == 1:
-            make_demo_data(Path(cfg.path))
-        _barrier(placement)
+    if cfg.dataset == "imagefolder" and not listed and not Path(cfg.path).exists():
+        _make_demo_or_refuse(cfg, placement)
     if backend == "dali":
         from pipeline.data.dali import dali_loaders
 
@@ -59,6 +55,19 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
     return DataBundle(TorchLoader(train_set, train_plan, cfg, placement),
                       TorchLoader(val_set, val_plan, cfg, placement),
                       len(train_set.classes), "torchvision", list(train_set.classes))
+
+
+def _make_demo_or_refuse(cfg: DataConfig, placement: Placement) -> None:
+    """The demo dataset is written only at its own path: a mistyped data.path must never train on it."""
+    from pipeline.data.demo import DEMO_PATH, make_demo_data
+
+    path = Path(cfg.path)
+    if not (cfg.make_demo and path.resolve() == Path(DEMO_PATH).resolve()):
+        raise DataError(f"dataset folder not found: {path} (data.path; the demo dataset is created only at "
+                        f"{DEMO_PATH}, or by `pipeline make-demo-data {path}`)")
+    if placement.rank == 0 or placement.world_size == 1:
+        make_demo_data(path)
+    _barrier(placement)
 
 
 def _barrier(placement: Placement) -> None:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from pipeline import checkpoint as ckpt
+from pipeline import distributed as dist_utils
+from pipeline import faults
 from pipeline.config import RootConfig
 from pipeline.runtime import Runtime
 
@@ -92,15 +94,33 @@ class DeepSpeedEngine:
             for buf in self.module.buffers():
                 torch.distributed.broadcast(buf.data, src=0)
 
-    # Checkpoints: every rank writes its ZeRO shard; DeepSpeed's own layout under checkpoints/<tag>.
+    # Checkpoints: every rank writes its ZeRO shard, in DeepSpeed's own layout, under a temporary
+    # tag; once every rank is done, rank 0 renames it to ds-step-<N>. A job killed mid-save leaves
+    # only the temporary folder, which no listing takes for a checkpoint and the next save removes.
     def save_checkpoint(self, run_dir: Path, global_step: int, extra: dict) -> None:
         self.sync_buffers()
-        self.wrapped.save_checkpoint(str(ckpt.checkpoint_dir(run_dir)), tag=ckpt.deepspeed_tag(global_step),
-                                     client_state=extra)
+        folder = ckpt.checkpoint_dir(run_dir)
+        tag = ckpt.deepspeed_tag(global_step)
+        if self.rt.is_main:
+            ckpt.remove_partial_deepspeed_saves(run_dir)
+        dist_utils.barrier()
+        self.wrapped.save_checkpoint(str(folder), tag=ckpt.partial_tag(tag), client_state=extra, save_latest=False)
+        dist_utils.barrier()  # every shard written
+        if self.rt.is_main:
+            faults.checkpoint_written()
+            ckpt.complete_deepspeed_save(run_dir, tag)
+        dist_utils.barrier()
 
     def load_checkpoint(self, path: Path) -> dict:
+        """DeepSpeed's loader unpickles with weights_only=False: every file of the tag is first
+        loaded weights-only here (`checkpoint.verify_deepspeed_files`), so a pickle that would run
+        code is refused before DeepSpeed opens it."""
         path = Path(path)
-        load_path, client_state = self.wrapped.load_checkpoint(str(path.parent), tag=path.name)
+        ckpt.verify_deepspeed_files(path)
+        try:
+            load_path, client_state = self.wrapped.load_checkpoint(str(path.parent), tag=path.name)
+        except Exception as exc:  # noqa: BLE001 - DeepSpeed raises many kinds; the caller falls back
+            raise ckpt.CheckpointError(f"DeepSpeed could not load checkpoint {path}: {str(exc).strip()[:200]}") from None
         if load_path is None:
             raise ckpt.CheckpointError(f"DeepSpeed could not load checkpoint {path}")
         return client_state

@@ -1,7 +1,9 @@
 """Weights & Biases tracking on rank 0: grouped, resume-safe, never interactive.
 
 mode auto: online when an API key or a netrc login for W&B exists, else offline (compute nodes
-often have no internet; `wandb sync` uploads later). The run id is generated once per run
+often have no internet; `wandb sync` uploads later). Online (chosen or asked for) first checks in
+a few seconds that the service accepts a connection; when it does not, the run logs offline with
+one warning line saying how to sync it: a dashboard never costs the training run. The run id is generated once per run
 directory, stored in `wandb_run_id.txt` and in every checkpoint, so a resumed or requeued job
 continues the same W&B run (resume="allow"), and two jobs never share one.
 """
@@ -10,8 +12,11 @@ from __future__ import annotations
 import netrc
 import os
 import secrets
+import socket
 import string
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pipeline.config import RootConfig, to_dict
 
@@ -31,6 +36,18 @@ def resolve_mode(mode: str) -> str:
     except (OSError, netrc.NetrcParseError):
         auth = None
     return "online" if auth else "offline"
+
+
+def unreachable(timeout_s: float = 5.0) -> str:
+    """"" when W&B's server (WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection within
+    timeout_s, else why not. Without this, wandb.init waits minutes for its own timeouts."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return ""
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"
 
 
 def run_id_for(run_dir: Path, from_checkpoint: str) -> str:
@@ -54,6 +71,10 @@ class WandbTracker:
 
         w = cfg.logging.wandb
         self.mode = resolve_mode(w.mode)
+        if self.mode == "online" and (problem := unreachable()):
+            self.mode = "offline"  # the same run id: the synced run is this run
+            print(f"warning: W&B is unreachable ({problem}); logging offline to {run_dir / 'wandb'}, "
+                  f"upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`", file=sys.stderr, flush=True)
         self.cfg = cfg
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(

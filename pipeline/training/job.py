@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
-from pipeline.config import RootConfig, to_yaml
+from pipeline.config import ConfigError, RootConfig, to_yaml
 from pipeline.metrics import format_duration
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
 from pipeline.training.trainer import Trainer
@@ -18,6 +18,9 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpo
 def run_training(cfg: RootConfig) -> tuple[dict, int]:
     """Returns (summary, exit code)."""
     world = dist_utils.world_info_from_env()
+    run_dir = Path(cfg.trainer.run_dir)
+    if world.rank == 0:  # before any process group: a bad run_dir ends the job at once, with its key
+        _prepare_run_dir(run_dir, cfg)
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
     # DDP and DeepSpeed need a process group even for one process.
@@ -26,10 +29,6 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
     rt = agree_on_numerics(rt)
     start = time.time()
     try:
-        run_dir = Path(cfg.trainer.run_dir)
-        if rt.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
         trainer = Trainer(cfg, rt)
         trainer.resume()
         env = environment_facts(rt, trainer.data.backend)
@@ -63,6 +62,15 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
         return summary, (EXIT_INTERRUPTED if interrupted else 0)
     finally:
         dist_utils.shutdown()
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RootConfig) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    except OSError as exc:
+        raise ConfigError(f"trainer.run_dir {run_dir} cannot be created ({exc.strerror or exc}); "
+                          "set trainer.run_dir to a writable folder") from None
 
 
 def _start_tracking(cfg: RootConfig, run_dir: Path, trainer: Trainer, env: dict):

@@ -148,6 +148,7 @@ def test_dry_run_prints_the_commands():
     assert "tasks/node=8" in lines[1]
     assert lines[2].startswith("srun --ntasks-per-node=8") and "optim.lr=0.2" in lines[2]
     assert "--config configs/imagenet/resnet152.yaml" in lines[2]
+    assert "logging.wandb.mode=auto" in lines[2]  # tracked by default (offline without a key)
 
 
 def test_shell_scripts_pass_shellcheck():
