@@ -151,6 +151,19 @@ def _one_line(exc: BaseException) -> str:
     return last.split(": ", 1)[1] if len(lines) > 1 and ": " in last and "Error" in last.split(": ", 1)[0] else lines[0]
 
 
+def _record_failure(rank: int, line: str) -> None:
+    """Under the Slurm launcher, leave "rank R on HOST: error" for its restart-budget message."""
+    folder = os.environ.get("PIPELINE_FAILURE_DIR")
+    if folder:
+        import socket
+
+        host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # Slurm's name for the node
+        try:
+            Path(folder, f"rank-{rank}.txt").write_text(f"rank {rank} on {host}: {line}\n")
+        except OSError:
+            pass  # the error line above is already in the job log
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     from pipeline.config import ConfigError
@@ -171,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         world = world_info_from_env()
         prefix = f"error (rank {world.rank})" if world.world_size > 1 else "error"
         print(f"{prefix}: {_one_line(exc)}", file=sys.stderr, flush=True)
+        _record_failure(world.rank, _one_line(exc))
         return EXIT_FAILED
 
 

@@ -9,6 +9,8 @@ Off unless a PIPELINE_FAULT_* variable is set; each check is a dict lookup on th
                                            before the rename (a reliable window to kill the writer)
   PIPELINE_FAULT_CHECKPOINT_ERRNO=n        fail checkpoint writes with OSError(n) (28 = ENOSPC)
   PIPELINE_FAULT_SLOW_BATCH=s              sleep s seconds in each training batch fetch (a starved loader)
+  PIPELINE_FAULT_DATA_SOURCE_AT=k          raise in DALI's file source when it reads its k-th batch
+                                           (counted per process; a failing reader thread)
 """
 from __future__ import annotations
 
@@ -55,3 +57,13 @@ def checkpoint_write_error() -> None:
     if "PIPELINE_FAULT_CHECKPOINT_ERRNO" in _ENV:
         errno = int(_ENV["PIPELINE_FAULT_CHECKPOINT_ERRNO"])
         raise OSError(errno, os.strerror(errno))
+
+
+_source_batches = [0]
+
+
+def data_source_batch() -> None:
+    if "PIPELINE_FAULT_DATA_SOURCE_AT" in _ENV and _for_me():
+        _source_batches[0] += 1
+        if _source_batches[0] == int(_ENV["PIPELINE_FAULT_DATA_SOURCE_AT"]):
+            raise RuntimeError(f"injected failure in the data source at its batch {_source_batches[0]}")

@@ -9,6 +9,7 @@
 # Environment (all optional): PIPELINE_HOME (repo, default: submit dir), PIPELINE_PYTHON,
 #   NPROC_PER_NODE (default: GPUs allocated on the node, 1 without GPUs), DATA_PATH, RUN_DIR,
 #   WANDB_MODE (online|offline|disabled|auto), WANDB_PROJECT, WANDB_GROUP, MASTER_PORT,
+#   MAX_RESTARTS (default 3: requeues after a failed training step, counted in the run directory),
 #   NCCL_* (passed through), DRY_RUN=1 (print the commands, run nothing).
 # Arguments after the script name are `pipeline train` overrides (key=value).
 
@@ -57,6 +58,38 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
 fi
 
 echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per_node task(s), master $MASTER_ADDR:$MASTER_PORT"
+
+# Restart budget, as torchrun's --max-restarts: a training step that fails (a rank crashed or was
+# killed, a node lost) is requeued and resumes from the newest checkpoint, up to MAX_RESTARTS times.
+# The count lives in the run directory, so every requeue of the job shares it. Each rank that fails
+# with a Python error writes "rank R on HOST: error" under failures/ (PIPELINE_FAILURE_DIR); a rank
+# killed outright is named by srun's own "srun: error: HOST: task R: ..." line.
+max_restarts="${MAX_RESTARTS:-3}"
+mkdir -p "$run_dir/failures"
+rm -f "$run_dir/failures/"rank-*.txt
+export PIPELINE_FAILURE_DIR="$run_dir/failures"
+# This attempt's part of the job log (sbatch --output, appended across requeues): srun's own error
+# lines and the ranks' error lines land there.
+job_log="$(scontrol show job "$job_id" 2>/dev/null | sed -n 's/^ *StdErr=//p' | head -n 1 || true)"
+log_offset="$(stat -c %s "$job_log" 2>/dev/null || echo 0)"
+step_output() {
+  if [ -r "$job_log" ]; then tail -c +"$(( log_offset + 1 ))" "$job_log"; fi
+}
+
+last_failure() {
+  # The first failure in the step's output is the cause; the ranks that fail after it (a closed
+  # connection, a collective timeout) are its consequences.
+  local first rank
+  first="$(step_output | grep -m 1 -E '^(srun: error: [^:]+: task [0-9]+: |error \(rank [0-9]+\): )' || true)"
+  rank="$(echo "$first" | sed -nE 's/^(srun: error: [^:]+: task |error \(rank )([0-9]+).*/\2/p')"
+  if [ -n "$rank" ] && [ -f "$run_dir/failures/rank-$rank.txt" ]; then
+    head -n 1 "$run_dir/failures/rank-$rank.txt"  # "rank R on HOST: error", written by the rank itself
+  elif [ -n "$first" ]; then  # killed outright: srun's line names the host
+    echo "$first" | sed -E 's/^srun: error: ([^:]+): task ([0-9]+): /rank \2 on \1: /; s/^error \(rank ([0-9]+)\): /rank \1: /'
+  else
+    echo "no error line captured (see the job log)"
+  fi
+}
 # shellcheck disable=SC2016  # expanded by the remote shell on each node
 srun --ntasks-per-node=1 bash -c 'echo "node $(hostname -s) slurmd ${SLURMD_NODENAME:-?}"'
 
@@ -81,6 +114,17 @@ while true; do
   wait "$train_pid" && status=0 || status=$?
   kill -0 "$train_pid" 2>/dev/null || break  # wait returned because of the trap: keep waiting
 done
+if [ "$requeue" = 0 ] && [ "$status" != 0 ] && [ "$status" != 75 ]; then
+  used="$(cat "$run_dir/restarts" 2>/dev/null || echo 0)"
+  if [ "$used" -lt "$max_restarts" ]; then
+    echo "$(( used + 1 ))" > "$run_dir/restarts"
+    echo "training step failed (exit $status, $(last_failure)): restart $(( used + 1 ))/$max_restarts, requeueing job $job_id" >&2
+    requeue=1
+  else
+    echo "job $job_id failed: restart budget spent (MAX_RESTARTS=$max_restarts); last failure: $(last_failure)" >&2
+    exit "$status"
+  fi
+fi
 if [ "$requeue" = 1 ]; then
   if ! scontrol requeue "$job_id"; then
     echo "could not requeue job $job_id; resubmit it to resume from $run_dir" >&2

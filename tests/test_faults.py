@@ -60,6 +60,54 @@ def test_killed_worker_restarts_and_matches_uninterrupted(tmp_path, demo_data):
     assert _summary(faulty)["final/val/top1"] == _summary(straight)["final/val/top1"]
 
 
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_dead_loader_worker_is_named_and_a_restart_resumes(tmp_path, demo_data):
+    """kill -9 of one DataLoader worker: the rank stops with one line naming the worker and the
+    step (no hang), torchrun restarts it, and the run ends with the uninterrupted run's metrics."""
+    args = [*COMMON, f"data.path={demo_data}", "data.workers=2"]
+    straight, faulty = tmp_path / "straight", tmp_path / "faulty"
+    run_cli("train", *args, f"trainer.run_dir={straight}", check=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=1",
+           "-m", "pipeline", "train", *args, f"trainer.run_dir={faulty}"]
+    job = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline, victim = time.time() + 300, None
+    while time.time() < deadline and victim is None:  # a checkpoint on disk, then one loader worker killed
+        if ckpt.list_checkpoints(faulty) and len(read_metrics(faulty)) >= 2:
+            trainers = _children(job.pid)  # torchrun's child: the training process; its children: the workers
+            loader_workers = [w for t in trainers for w in _children(t)]
+            if len(loader_workers) >= 2:
+                victim = loader_workers[0]
+                os.kill(victim, signal.SIGKILL)
+        time.sleep(0.05)
+    assert victim is not None
+    out, err = job.communicate(timeout=600)
+    assert job.returncode == 0, err[-3000:]
+    died = [line for line in err.splitlines() if "data loader worker died at step" in line]
+    assert died and str(victim) in died[0], err[-3000:]  # "DataLoader worker (pid N) is killed by signal"
+    assert "resumed from" in out
+    assert _summary(faulty)["final/val/top1"] == _summary(straight)["final/val/top1"]
+    assert _summary(faulty)["steps"] == _summary(straight)["steps"]
+
+
+def test_failing_dali_source_stops_with_one_line(tmp_path, demo_data):
+    """DALI has no worker processes: a failure in its file source (injected) must end the run with
+    one line naming the source and the step, not hang the pipeline."""
+    pytest.importorskip("nvidia.dali")
+    start = time.time()
+    proc = run_cli("train", *COMMON, f"data.path={demo_data}", "data.backend=dali", f"trainer.run_dir={tmp_path / 'run'}",
+                   env={"PIPELINE_FAULT_DATA_SOURCE_AT": "9"}, timeout=300)
+    assert proc.returncode == 1 and time.time() - start < 240
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: DALI pipeline failed at step ") and "(the external_source callback)" in lines[-1]
+    assert "injected failure in the data source at its batch 9" in lines[-1] and "(global step " in lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path, demo_data):
     run = tmp_path / "run"
     args = ["train", *COMMON, f"data.path={demo_data}", f"trainer.run_dir={run}"]

@@ -88,7 +88,12 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, _, raw = item.partition("=")
-    value = yaml.safe_load(raw) if raw != "" else ""
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({reason}); "
+                          f"quote it for a string: {key.strip()}='\"{raw}\"'") from None
     return key.strip(), value
 
 
@@ -130,15 +135,18 @@ def load_config(config_file: str | Path | None = None, overrides: list[str] | tu
     for source, tree in layers:
         try:
             merged = OmegaConf.merge(merged, OmegaConf.create(tree))
-        except OmegaConfBaseException as exc:
-            key = getattr(exc, "full_key", "") or "?"
+        except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a mapping onto a list
+            key = getattr(exc, "full_key", "") or (source.split("'")[1].partition("=")[0] if "'" in source else "?")
             expected = _all_keys().get(key)
             kind = type(expected).__name__ if expected is not None else "a different type"
-            raise ConfigError(
-                f"config key '{key}' from {source} has the wrong type: expected {kind}, "
-                f"got {getattr(exc, 'msg', str(exc)).splitlines()[0]}"
-            ) from None
-    cfg: RootConfig = OmegaConf.to_object(merged)
+            detail = (getattr(exc, "msg", None) or str(exc) or type(exc).__name__).strip().splitlines()
+            raise ConfigError(f"config key '{key}' from {source} has the wrong type: expected {kind}, "
+                              f"got {detail[0] if detail else '?'}") from None
+    try:
+        cfg: RootConfig = OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:
+        detail = (getattr(exc, "msg", None) or str(exc) or type(exc).__name__).strip().splitlines()
+        raise ConfigError(f"config cannot be built: {detail[0] if detail else '?'}") from None
     validate(cfg)
     return cfg
 
@@ -212,6 +220,8 @@ def validate(cfg: RootConfig) -> None:
     for key in positive:
         if get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
+    if min(cfg.data.std) <= 0:
+        raise ConfigError(f"config key 'data.std' must be > 0 in every channel, got {list(cfg.data.std)}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg.optim.lr}")
     for key in _FRACTIONS:

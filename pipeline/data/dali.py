@@ -218,8 +218,11 @@ class DaliLoader(PlannedLoader):
                 if self._source.error:
                     raise DataError(self._source.error) from None
                 bad = self._find_bad(step)
-                if not bad:
-                    raise
+                if not bad:  # not a file: the pipeline itself failed (an operator, or the source callback)
+                    where = "a DALI operator" if "operator" in str(exc).lower() else \
+                        "its file source (the external_source callback)"
+                    raise RuntimeError(f"DALI pipeline failed at step {step} of the epoch in {where}: "
+                                       f"{_reason(exc)}") from None
                 for index in bad:  # raises on the first one under on_bad_image=fail
                     bad_images.report(self.samples[index][0], f"DALI: {_reason(exc)}", self.cfg.on_bad_image)
                 self.bad_files.update(bad)  # restart the pass at the failing batch, bad files replaced

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from pipeline import faults
 from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
@@ -37,6 +38,7 @@ class EncodedBatches:
             raise StopIteration
         batch = self.batches[self.position]
         self.position += 1
+        faults.data_source_batch()
         data, labels, starts, shapes, flips = [], [], [], [], []
         replaced = 0
         for index, seed in batch:

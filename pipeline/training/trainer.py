@@ -1,7 +1,9 @@
 """The Trainer: epochs of (train, validate, checkpoint) over one engine, resumable at any step."""
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import statistics
 import sys
 import time
@@ -45,6 +47,22 @@ def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+
+@contextlib.contextmanager
+def _naming_the_step_of_a_dead_loader_worker(state: TrainState):
+    """torch's DataLoader reports a dead worker ("DataLoader worker (pid N) is killed by signal")
+    from its SIGCHLD handler, wherever the loop is, and a failed DALI pipeline names only its own
+    step: add the global step, so a restart's log explains itself."""
+    try:
+        yield
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if re.search(r"DataLoader worker \(pid", first):  # not "Caught DataError in DataLoader worker process"
+            raise RuntimeError(f"data loader worker died at step {state.global_step}: {first}") from None
+        if first.startswith("DALI pipeline failed"):
+            raise RuntimeError(f"{first} (global step {state.global_step})") from None
+        raise
 
 
 class Trainer:
@@ -211,27 +229,34 @@ class Trainer:
         progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
         progress.advance(s.global_step)
         set_train_mode(self.engine.wrapped, cfg.model.frozen_bn)
-        interrupted = False
         try:
-            while s.epoch < cfg.trainer.epochs and s.global_step < self.total_steps:
-                if not self.train_one_epoch(progress):
-                    interrupted = bool(self.stop.requested)
-                    break
-                if s.epoch + 1 == cfg.trainer.epochs or (s.epoch + 1) % cfg.trainer.eval_every == 0:
-                    self.validate(s.epoch + 1)
-                    v = s.last_val
-                    progress.message(f"epoch {s.epoch + 1}/{cfg.trainer.epochs} val top1 {v['val/top1']:.2f} "
-                                     f"top5 {v['val/top5']:.2f} loss {v['val/loss']:.4f} ({v['val/samples']} images)")
-                s.epoch += 1
-                s.step_in_epoch = 0
-                if self.nonfinite_windows == 0:  # never checkpoint a diverged state
-                    self.save()
-            if not interrupted and s.global_step >= self.total_steps and not s.last_val:
-                self.validate(s.epoch + s.step_in_epoch / self.steps_per_epoch)  # max_steps came first
-                self.save()
+            with _naming_the_step_of_a_dead_loader_worker(s):
+                interrupted = self._epochs(progress)
         finally:
             progress.close()
         return self.summary("interrupted" if interrupted else "completed")
+
+    def _epochs(self, progress: Progress) -> bool:
+        """Train, validate and checkpoint epoch after epoch; True when a stop signal ended the run."""
+        cfg, s = self.cfg, self.state
+        interrupted = False
+        while s.epoch < cfg.trainer.epochs and s.global_step < self.total_steps:
+            if not self.train_one_epoch(progress):
+                interrupted = bool(self.stop.requested)
+                break
+            if s.epoch + 1 == cfg.trainer.epochs or (s.epoch + 1) % cfg.trainer.eval_every == 0:
+                self.validate(s.epoch + 1)
+                v = s.last_val
+                progress.message(f"epoch {s.epoch + 1}/{cfg.trainer.epochs} val top1 {v['val/top1']:.2f} "
+                                 f"top5 {v['val/top5']:.2f} loss {v['val/loss']:.4f} ({v['val/samples']} images)")
+            s.epoch += 1
+            s.step_in_epoch = 0
+            if self.nonfinite_windows == 0:  # never checkpoint a diverged state
+                self.save()
+        if not interrupted and s.global_step >= self.total_steps and not s.last_val:
+            self.validate(s.epoch + s.step_in_epoch / self.steps_per_epoch)  # max_steps came first
+            self.save()
+        return interrupted
 
     def summary(self, status: str) -> dict:
         s = self.state

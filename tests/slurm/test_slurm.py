@@ -3,12 +3,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from pipeline import checkpoint as ckpt
 from pipeline.metrics import read_metrics
 from tests.helpers import REPO
 
@@ -36,9 +38,9 @@ def cluster():
 LOGS: dict[str, Path] = {}
 
 
-def sbatch(run_dir: Path, data: Path, *extra_flags: str, overrides=OVERRIDES) -> subprocess.CompletedProcess:
+def sbatch(run_dir: Path, data: Path, *extra_flags: str, overrides=OVERRIDES, env_extra=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "1", "DATA_PATH": str(data),
-           "WANDB_MODE": "disabled", "RUN_DIR": str(run_dir)}
+           "WANDB_MODE": "disabled", "RUN_DIR": str(run_dir), **(env_extra or {})}
     log = run_dir.parent / f"{run_dir.name}.out"  # job ids restart with each fresh test cluster
     proc = subprocess.run(["sbatch", "--parsable", *FLAGS, f"--output={log}", *extra_flags, "slurm/resnet152.sh",
                            *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
@@ -77,6 +79,10 @@ def wait_for(job: str, states=("COMPLETED",), timeout=300, restarts: int | None 
 
 def log_of(job: str) -> str:
     return LOGS[job].read_text()
+
+
+def val_rows(run: Path):
+    return [(r["step"], r["val/top1"], r["val/loss"]) for r in read_metrics(run) if "val/top1" in r]
 
 
 def rows(run: Path):
@@ -128,6 +134,77 @@ def test_preempted_job_resumes_and_matches(straight_run, demo_data, tmp_path, ho
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == json.loads((straight / "summary.json").read_text())["steps"]
     assert rows(run) == rows(straight)  # same trajectory and final metrics
+
+
+def _kill_one_rank(run: Path) -> None:
+    """kill -9 one training task (not srun) once a checkpoint and a few metrics are on disk."""
+    deadline = time.time() + 120
+    while not (read_metrics(run) if (run / "metrics.jsonl").exists() else []) or len(read_metrics(run)) < 4 \
+            or not ckpt.list_checkpoints(run):
+        time.sleep(0.1)
+        assert time.time() < deadline
+    out = subprocess.run(["pgrep", "-f", f"trainer.run_dir={run}"], capture_output=True, text=True).stdout.split()
+    tasks = [int(p) for p in out if open(f"/proc/{p}/comm").read().startswith("python")]  # not srun, not bash
+    assert tasks
+    os.kill(max(tasks), signal.SIGKILL)
+
+
+def test_crashed_rank_is_restarted_within_the_budget(straight_run, demo_data, tmp_path):
+    _, straight = straight_run
+    run = tmp_path / "crash"
+    job = sbatch(run, demo_data).stdout.strip().split(";")[0]
+    _kill_one_rank(run)
+    assert wait_for(job, restarts=1) == "COMPLETED", log_of(job)[-3000:]
+    log = log_of(job)
+    assert re.search(r"training step failed \(exit \d+, rank \d on n\d: .*\): restart 1/3, requeueing", log), log[-3000:]
+    assert "resumed from" in log and (run / "restarts").read_text().strip() == "1"
+    # Same validations and final metrics. (A train/loss row right after the resume can differ: its
+    # log window then starts at the checkpoint's step, not at the previous log step.)
+    assert val_rows(run) == val_rows(straight)
+    assert json.loads((run / "summary.json").read_text())["final/val/top1"] == \
+        json.loads((straight / "summary.json").read_text())["final/val/top1"]
+
+
+def test_spent_restart_budget_fails_with_one_line_and_keeps_checkpoints(cluster, demo_data, tmp_path):
+    run = tmp_path / "budget"
+    job = sbatch(run, demo_data, env_extra={"MAX_RESTARTS": "0"}).stdout.strip().split(";")[0]
+    _kill_one_rank(run)
+    assert wait_for(job) == "FAILED", log_of(job)[-3000:]
+    failure = [line for line in log_of(job).splitlines() if "restart budget spent" in line]
+    assert len(failure) == 1 and re.search(r"MAX_RESTARTS=0\); last failure: rank \d on n\d: ", failure[0]), failure
+    survivors = ckpt.list_checkpoints(run)
+    assert survivors and ckpt.load_checkpoint(survivors[0])["progress"]["global_step"] >= 5
+
+
+def test_lost_node_requeues_and_resumes_when_it_is_back(straight_run, demo_data, tmp_path):
+    """n2 goes down mid-job: Slurm requeues the job (it is submitted with --requeue), the job waits
+    for two nodes, and once n2 is back it resumes from the newest checkpoint in the same run directory."""
+    _, straight = straight_run
+    run = tmp_path / "lost"
+    job = sbatch(run, demo_data).stdout.strip().split(";")[0]
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 4 and ckpt.list_checkpoints(run)):
+        time.sleep(0.1)
+        assert time.time() < deadline
+    subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=test_lost_node"], check=True)
+    try:
+        deadline, seen = time.time() + 120, []
+        while time.time() < deadline:
+            state = (job_field(job, "JobState"), job_field(job, "Reason"))
+            if not seen or seen[-1] != state:
+                seen.append(state)
+                print("lost node: job", state, flush=True)
+            if state[0] == "PENDING" and len(seen) > 1:
+                break
+            time.sleep(0.2)
+        assert seen[-1][0] == "PENDING", seen  # requeued, waiting for two nodes, not failed
+    finally:
+        node = subprocess.run(["scontrol", "show", "node", "n2"], capture_output=True, text=True).stdout
+        print("lost node: n2", re.search(r"State=\S+", node).group(0), flush=True)
+        subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"], capture_output=True)
+    assert wait_for(job, restarts=1) == "COMPLETED", log_of(job)[-3000:]
+    assert "resumed from" in log_of(job)
+    assert rows(run) == rows(straight)
 
 
 def test_impossible_request_fails_at_submission(cluster, demo_data, tmp_path):
