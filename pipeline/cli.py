@@ -112,6 +112,8 @@ COMMANDS = {
                    lambda: _tool("check_data")),
     "bench": ("benchmarks: `pipeline bench train --help`, `pipeline bench data --help`", False,
               lambda: (_add_bench_arguments, None)),
+    "plan": ("print a job's plan at a launch size: batches, LR, warmup, decay points, steps, time estimate", True,
+             lambda: _tool("plan")),
     "compare": ("compare runs (run dirs, offline W&B runs, entity/project/id)", False, lambda: _tool("compare")),
     "sweep": ("run a set of configs x seeds as one experiment group (locally or via sbatch)", True,
               lambda: _tool("sweep")),

@@ -13,6 +13,17 @@ def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     return cfg.lr * global_batch / cfg.base_batch if cfg.base_batch > 0 else cfg.lr
 
 
+def warmup_epochs_for(cfg: OptimConfig, global_batch: int) -> tuple[float, str]:
+    """(warmup epochs, why): the config's own warmup, else Goyal's gradual warmup when the linear
+    scaling rule raised the LR above the recipe's (global batch > base_batch), else none."""
+    if cfg.warmup_epochs > 0:
+        return cfg.warmup_epochs, "set by the config"
+    if cfg.auto_warmup_epochs > 0 and cfg.base_batch > 0 and global_batch > cfg.base_batch:
+        return cfg.auto_warmup_epochs, (f"auto: global batch {global_batch} > base_batch {cfg.base_batch} "
+                                        "(Goyal 2017 gradual warmup)")
+    return 0.0, "none: the LR is not scaled above the recipe's" if cfg.base_batch > 0 else "none: the LR is not scaled"
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Weight decay off for BN parameters and biases (all 1-d tensors) unless asked for."""
     if cfg.decay_norm_and_bias:
@@ -45,19 +56,27 @@ class LRSchedule:
     schedule is step/multistep, which is how the papers describe it.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int,
+                 warmup_epochs: float | None = None) -> None:
+        """warmup_epochs: the resolved warmup (`warmup_epochs_for`); None takes the config's as set."""
         self.optimizer = optimizer
-        self.warmup_steps = int(cfg.warmup_epochs * steps_per_epoch) + cfg.warmup_steps
+        warmup_epochs = cfg.warmup_epochs if warmup_epochs is None else warmup_epochs
+        self.warmup_steps = int(warmup_epochs * steps_per_epoch) + cfg.warmup_steps
         self.total_steps = max(1, epochs * steps_per_epoch)
         self.constant_warmup = cfg.warmup_lr > 0 and cfg.schedule in ("step", "multistep")
         self.warmup_lr = cfg.warmup_lr
         warmup = {} if self.constant_warmup else {"warmup_t": self.warmup_steps, "warmup_lr_init": cfg.warmup_lr}
-        common = dict(t_in_epochs=False, **warmup)
+        # warmup_prefix=False: milestones and the cosine count from step 0, warmup included, as the
+        # papers count epochs (timm's step/multistep default would shift every decay by the warmup).
+        common = dict(t_in_epochs=False, warmup_prefix=False, **warmup)
         if cfg.schedule == "cosine":
             self.inner = CosineLRScheduler(optimizer, t_initial=self.total_steps, lr_min=cfg.min_lr, **common)
         elif cfg.schedule == "multistep":
             unit = steps_per_epoch if cfg.milestones_in == "epochs" else 1
-            self.inner = MultiStepLRScheduler(optimizer, decay_t=[m * unit for m in cfg.milestones],
+            # timm's MultiStepLRScheduler counts a milestone as passed at t + 1 (bisect_right(decay_t,
+            # t + 1)), so a milestone of 32k steps would already apply to step 31,999; +1 makes step
+            # m the first at the lower LR, as the papers count ("divide at 32k iterations").
+            self.inner = MultiStepLRScheduler(optimizer, decay_t=[m * unit + 1 for m in cfg.milestones],
                                               decay_rate=cfg.gamma, **common)
         elif cfg.schedule == "step":
             self.inner = StepLRScheduler(optimizer, decay_t=cfg.step_size * steps_per_epoch, decay_rate=cfg.gamma, **common)

@@ -51,9 +51,20 @@ train_cmd=(srun --ntasks-per-node="$nproc_per_node" --kill-on-bad-exit=1 --expor
            "$python_bin" -m pipeline train --config "$JOB_CONFIG" "${overrides[@]}" "$@")
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
+  if [ -z "${SLURM_JOB_ID:-}" ]; then
+    # Outside an allocation: the job would get what its #SBATCH lines ask for.
+    sbatch_value() { grep -m 1 -E "^#SBATCH --$1=" "$JOB_SCRIPT" | sed -E "s/^#SBATCH --$1=//" || true; }
+    nodes="$(sbatch_value nodes)"; nodes="${nodes:-1}"
+    requested_gpus="$(sbatch_value gpus-per-node)"
+    nproc_per_node="${NPROC_PER_NODE:-${requested_gpus:-1}}"
+    train_cmd[1]="--ntasks-per-node=$nproc_per_node"
+  fi
   echo "sbatch $(grep '^#SBATCH' "$JOB_SCRIPT" | sed 's/^#SBATCH //' | tr '\n' ' ')$JOB_SCRIPT $*"
   echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT nodes=$nodes tasks/node=$nproc_per_node"
   echo "${train_cmd[*]}"
+  # The recipe at this launch size: global batch, LR, warmup, decay points, steps, time estimate.
+  "$python_bin" -m pipeline plan --config "$JOB_CONFIG" --nodes "$nodes" --gpus-per-node "$nproc_per_node" \
+    "${overrides[@]}" "$@"
   exit 0
 fi
 

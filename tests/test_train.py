@@ -30,6 +30,12 @@ def test_short_run_learns_and_writes_outputs(tmp_path, demo_data):
     assert {"train/loss", "train/lr", "train/img_per_sec", "epoch", "step"} <= set(rows[0])
     assert {"val/top1", "val/top5", "val/loss", "val/samples"} <= set(rows[-1])
     assert (run / "config.yaml").exists() and (run / "environment.json").exists()
+    plan = json.loads((run / "environment.json").read_text())["plan"]  # the recipe at this launch size
+    assert (plan["global_batch"], plan["images_per_epoch"], plan["steps_per_epoch"]) == (32, 400, 13)
+    assert plan["lr"] == summary["peak_lr"] == pytest.approx(0.4 * 32 / 256) and summary["global_batch"] == 32
+    assert plan["total_steps"] == summary["steps"] == 6 * 13
+    lrs = [r["train/lr"] for r in rows if "train/lr" in r]
+    assert max(lrs) <= plan["lr"] * (1 + 1e-6)  # the peak the plan states is the one trained with
     assert len(list((run / "checkpoints").glob("step-*.pt"))) == 2
     assert f"run directory {run}" in proc.stdout
 

@@ -92,7 +92,10 @@ class OptimConfig:
     step_size: int = 30  # step: epochs between decays
     gamma: float = 0.1
     min_lr: float = 0.0  # cosine floor
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # 0: none set, so auto_warmup_epochs may apply
+    # Goyal 2017's gradual warmup, applied when warmup_epochs=0 and the linear scaling rule raised the
+    # LR (global batch > base_batch): without it, large batches lose accuracy or diverge early. 0: off.
+    auto_warmup_epochs: float = 5.0
     warmup_steps: int = 0  # added to warmup_epochs (converted to steps)
     warmup_lr: float = 0.0  # lr at the start of the linear warmup
     label_smoothing: float = 0.0

@@ -76,7 +76,8 @@ def summarize(run: RunData) -> dict:
     return {"run": run.name, "model": (run.config.get("model") or {}).get("name", run.config.get("model.name", "?")),
             "best_top1": max(top1) if top1 else None, "final_top1": top1[-1] if top1 else None,
             "expected": expected.get("value"), "img_per_sec": sorted(rates)[len(rates) // 2] if rates else None,
-            "epochs": epochs, "wall_s": run.summary.get("wall_seconds")}
+            "epochs": epochs, "wall_s": run.summary.get("wall_seconds"),
+            "global_batch": run.summary.get("global_batch"), "peak_lr": run.summary.get("peak_lr")}
 
 
 def differing_keys(runs: list[RunData]) -> list[str]:
@@ -131,14 +132,16 @@ def main(args: argparse.Namespace) -> int:
         return 2
     diff = differing_keys(runs)
     flats = [_flat(r.config) for r in runs]
-    header = ["run", "model", *diff, "best_top1", "final_top1", "paper", "paper_source", "img/s", "epochs", "wall_s"]
+    header = ["run", "model", *diff, "best_top1", "final_top1", "paper", "paper_source", "global_batch", "peak_lr",
+              "img/s", "epochs", "wall_s"]
     rows = []
     for run, flat in zip(runs, flats):
         s = summarize(run)
         exp = run.config.get("expected") or {}
         paper = f"{exp.get('metric', '')} {exp['value']}".strip() if exp.get("value") is not None else None
         rows.append([s["run"], s["model"], *[flat.get(k) for k in diff], s["best_top1"], s["final_top1"],
-                     paper, (exp.get("source") or "")[:48] or None, s["img_per_sec"], s["epochs"], s["wall_s"]])
+                     paper, (exp.get("source") or "")[:48] or None, s["global_batch"], s["peak_lr"], s["img_per_sec"],
+                     s["epochs"], s["wall_s"]])
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))

@@ -10,6 +10,7 @@ from pipeline import distributed as dist_utils
 from pipeline.config import ConfigError, RootConfig, to_yaml
 from pipeline.metrics import format_duration
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
+from pipeline.training.plan import make_plan
 from pipeline.training.trainer import Trainer
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; resume to go on
@@ -32,6 +33,8 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
         trainer = Trainer(cfg, rt)
         trainer.resume()
         env = environment_facts(rt, trainer.data.backend)
+        # The recipe at this launch size, as `pipeline plan` prints it (also in the W&B config).
+        env["plan"] = make_plan(cfg, world.world_size, trainer.data.train.num_samples, "the run's data")
         tracker = _start_tracking(cfg, run_dir, trainer, env) if rt.is_main else None
         if rt.is_main:
             (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
@@ -47,6 +50,8 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
                         "precision": rt.precision, "channels_last": rt.channels_last,
                         "numerics_reason": rt.numerics_reason, "engine": rt.engine_kind,
                         "device_hours": round(summary["train_seconds"] * world.world_size / 3600, 4),
+                        "global_batch": env["plan"]["global_batch"], "peak_lr": env["plan"]["lr"],
+                        "warmup_epochs": env["plan"]["warmup_epochs"],
                         "wandb_run_id": trainer.state.wandb_run_id or None})
         interrupted = summary["status"] == "interrupted"
         if rt.is_main:
@@ -89,6 +94,8 @@ def _start_line(cfg: RootConfig, rt: Runtime, trainer: Trainer, device: str, tra
     data = trainer.data
     return (f"model {cfg.model.name} ({trainer.num_params:,} parameters) on {device}, "
             f"{rt.precision}{' channels_last' if rt.channels_last else ''} ({rt.numerics_reason}), "
-            f"engine {rt.engine_kind}, world {rt.world.world_size}, data {data.backend} "
+            f"engine {rt.engine_kind}, world {rt.world.world_size}, global batch "
+            f"{cfg.data.batch_size * rt.world.world_size * cfg.optim.accumulation}, peak lr {trainer.base_lr:.4g}"
+            f"{f' after {trainer.warmup_epochs:g} warmup epochs' if trainer.warmup_epochs else ''}, data {data.backend} "
             f"({data.train.num_samples} train / {data.val.num_samples} val images)"
             + (f", W&B {tracker.mode} run {trainer.state.wandb_run_id}" if tracker else ""))

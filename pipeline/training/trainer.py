@@ -19,7 +19,7 @@ from pipeline.data import Placement, build_data
 from pipeline.engines import build_engine
 from pipeline.metrics import MetricsLog, Progress
 from pipeline.models import build_model, count_parameters
-from pipeline.optim import LRSchedule, build_optimizer, scaled_lr
+from pipeline.optim import LRSchedule, build_optimizer, scaled_lr, warmup_epochs_for
 from pipeline.runtime import Runtime, StopSignal, seed_everything
 from pipeline.training.evaluate import evaluate, replica_checksum
 from pipeline.training.state import LogWindow, TrainState
@@ -80,7 +80,9 @@ class Trainer:
         self.base_lr = scaled_lr(cfg.optim, global_batch)
         self.engine = build_engine(model, lambda module: build_optimizer(module, cfg.optim, self.base_lr, rt.device),
                                    cfg, rt)
-        self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs)
+        self.warmup_epochs, self.warmup_reason = warmup_epochs_for(cfg.optim, global_batch)
+        self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs,
+                                   self.warmup_epochs)
         self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
         self.ema = None
         if cfg.trainer.ema_decay > 0:

@@ -1,0 +1,31 @@
+"""`pipeline plan`: what a job will do at the scale it is launched at, before it runs.
+
+  pipeline plan --config configs/imagenet/resnet152.yaml --nodes 2 --gpus-per-node 8 [key=value ...]
+
+Prints the plan (pipeline/training/plan.py) and, last, the same as one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from pipeline.config import load_config
+from pipeline.training.plan import format_plan, make_plan
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=1, help="processes per node (one per GPU)")
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and {args.gpus_per_node}")
+    plan = make_plan(cfg, args.nodes * args.gpus_per_node)
+    title = (f"plan: {args.config or 'the defaults (demo job)'} on {args.nodes} node(s) x {args.gpus_per_node} "
+             f"GPU(s), model {cfg.model.name}")
+    print("\n".join(format_plan(plan, title)))
+    print(json.dumps({"config": args.config, "model": cfg.model.name, **plan}))
+    return 0

@@ -1,0 +1,131 @@
+"""The plan of a job before it runs: world, batches, the LR the rules give, warmup and decay points in
+epochs and steps, and a time estimate from recorded throughput. `pipeline plan` prints it, the Slurm
+scripts' dry run print it, and every run records it (environment.json, the W&B config, summary.json).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline.config import RootConfig
+from pipeline.data.folder import IMAGE_EXTENSIONS
+from pipeline.data.sampler import ShardPlan
+from pipeline.optim import scaled_lr, warmup_epochs_for
+
+IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
+# Throughput recorded in docs/benchmarks.md, per GPU, for the time estimate (model: img/s, where).
+RECORDED_IMG_PER_SEC = {
+    "resnet50": (4715.0, "one H200, bf16 channels_last, batch 256, eager, synthetic data: training steps only, "
+                         "no data loading or validation (docs/benchmarks.md, issue 7)"),
+}
+
+
+def train_images(cfg: RootConfig, world_size: int) -> tuple[int | None, str]:
+    """Images in one training epoch, and where the number comes from."""
+    data = cfg.data
+    if data.dataset == "synthetic" or data.backend == "synthetic":
+        return max(1, data.synthetic_samples // data.batch_size) * data.batch_size * world_size, "synthetic"
+    if data.dataset in ("cifar10", "cifar100"):
+        return 50_000 - data.cifar_holdout, f"{data.dataset} train split"
+    if data.train_list:
+        path = Path(data.train_list)
+        if path.is_file():
+            return sum(1 for line in path.read_text().splitlines() if line.strip()), f"listed in {path}"
+    root = Path(data.path) / "train"
+    if root.is_dir():
+        count = sum(1 for c in os.scandir(root) if c.is_dir() for f in os.scandir(c.path)
+                    if f.name.lower().endswith(IMAGE_EXTENSIONS))
+        return count, f"counted in {root}"
+    if cfg.model.num_classes == 1000:
+        return IMAGENET_TRAIN_IMAGES, f"ImageNet-1k train split, assumed: {root} not found here"
+    return None, f"unknown: {root} not found here"
+
+
+def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, images_source: str = "") -> dict:
+    """The plan as a flat-ish dict (JSON-ready). `images`: the train split's size when known."""
+    if images is None:
+        images, images_source = train_images(cfg, world_size)
+    o, t = cfg.optim, cfg.trainer
+    accumulation = o.accumulation
+    global_batch = cfg.data.batch_size * world_size * accumulation
+    lr = scaled_lr(o, global_batch)
+    warmup_epochs, warmup_reason = warmup_epochs_for(o, global_batch)
+    plan = {"world_size": world_size, "per_gpu_batch": cfg.data.batch_size, "accumulation": accumulation,
+            "global_batch": global_batch, "bn_batch": cfg.data.batch_size * (world_size if cfg.distributed.sync_bn else 1),
+            "lr": lr, "lr_rule": (f"{o.lr} per {o.base_batch} images x {global_batch}/{o.base_batch}"
+                                  if o.base_batch > 0 else f"{o.lr} as set (base_batch=0: not scaled)"),
+            "warmup_epochs": warmup_epochs, "warmup_reason": warmup_reason, "schedule": o.schedule,
+            "epochs": t.epochs, "images_per_epoch": images, "images_source": images_source,
+            "expected": _expected_note(cfg.expected, global_batch)}
+    if images is None:
+        return {**plan, "steps_per_epoch": None, "total_steps": None, "warmup_steps": None, "decay": [],
+                "estimate": "unknown: images per epoch unknown"}
+    steps = max(1, ShardPlan(images, 0, world_size, cfg.data.batch_size * accumulation, True).steps_per_epoch())
+    total = t.epochs * steps if t.max_steps <= 0 else min(t.epochs * steps, t.max_steps)
+    plan.update(steps_per_epoch=steps, total_steps=total, warmup_steps=int(warmup_epochs * steps) + o.warmup_steps,
+                decay=_decay_points(cfg, steps, lr))
+    plan.update(_estimate(cfg, world_size, total, global_batch, steps))
+    return plan
+
+
+def _expected_note(expected: dict, global_batch: int) -> str:
+    """The config's paper number and whether this global batch is inside the range it holds for."""
+    if not expected or expected.get("value") is None:
+        return ""
+    note = f"{expected.get('metric', '')} {expected['value']} ({expected.get('source', '')})".strip()
+    batches = expected.get("global_batch") or {}
+    if batches:
+        inside = batches.get("rule_holds_to", 0) >= global_batch
+        note += (f"; measured at global batch {batches.get('measured')}, the scaling rule holds to "
+                 f"{batches.get('rule_holds_to')}: {global_batch} is " + ("inside" if inside else "OUTSIDE that range"))
+    return note
+
+
+def _decay_points(cfg: RootConfig, steps_per_epoch: int, lr: float) -> list[dict]:
+    o = cfg.optim
+    if o.schedule == "multistep":
+        at = [m * steps_per_epoch if o.milestones_in == "epochs" else m for m in o.milestones]
+    elif o.schedule == "step":
+        at = list(range(o.step_size * steps_per_epoch, cfg.trainer.epochs * steps_per_epoch, o.step_size * steps_per_epoch))
+    else:
+        return []  # cosine: a smooth decay to min_lr at the last step; constant: none
+    return [{"step": s, "epoch": round(s / steps_per_epoch, 2), "lr": lr * o.gamma ** (i + 1)} for i, s in enumerate(at)]
+
+
+def _estimate(cfg: RootConfig, world_size: int, total_steps: int, global_batch: int, steps_per_epoch: int) -> dict:
+    recorded = RECORDED_IMG_PER_SEC.get(cfg.model.name)
+    if recorded is None:
+        known = ", ".join(sorted(RECORDED_IMG_PER_SEC))
+        return {"estimate": f"unknown: no throughput recorded for {cfg.model.name} (recorded: {known})"}
+    per_gpu, source = recorded
+    seconds = total_steps * global_batch / (per_gpu * world_size)  # assumes linear scaling across GPUs
+    every = cfg.trainer.checkpoint_every or steps_per_epoch
+    return {"estimate": f"{per_gpu:,.0f} img/s per GPU, {source}; linear scaling across GPUs assumed",
+            "wall_hours": round(seconds / 3600, 2), "gpu_hours": round(seconds * world_size / 3600, 1),
+            "checkpoint_minutes": round(every * global_batch / (per_gpu * world_size) / 60, 1)}
+
+
+def format_plan(plan: dict, title: str) -> list[str]:
+    p = plan
+    lines = [title,
+             f"  world size        {p['world_size']}",
+             f"  batch             {p['per_gpu_batch']} per GPU (BN batch {p['bn_batch']}), {p['global_batch']:,} global"
+             + (f" ({p['accumulation']} accumulation steps)" if p["accumulation"] > 1 else ""),
+             f"  learning rate     {p['lr']:.6g} peak ({p['lr_rule']})"]
+    if p.get("expected"):
+        lines.append(f"  paper number      {p['expected']}")
+    if p["total_steps"] is None:
+        return lines + [f"  images per epoch  {p['images_source']}", f"  estimate          {p['estimate']}"]
+    warmup = (f"{p['warmup_epochs']:g} epochs = {p['warmup_steps']:,} steps, linear from 0"
+              if p["warmup_steps"] else "none") + f" ({p['warmup_reason']})"
+    decay = ", ".join(f"x{d['lr'] / p['lr']:.3g} at epoch {d['epoch']:g} (step {d['step']:,})" for d in p["decay"])
+    lines += [f"  warmup            {warmup}",
+              f"  schedule          {p['schedule']}" + (f": {decay}" if decay else ""),
+              f"  images per epoch  {p['images_per_epoch']:,} ({p['images_source']})",
+              f"  steps             {p['steps_per_epoch']:,} per epoch, {p['total_steps']:,} total ({p['epochs']} epochs)"]
+    if "wall_hours" in p:
+        lines += [f"  checkpoints       every {p['checkpoint_minutes']:g} min",
+                  f"  estimate          {p['wall_hours']:g} h wall, {p['gpu_hours']:g} GPU-hours ({p['estimate']})"]
+    else:
+        lines += [f"  estimate          {p['estimate']}"]
+    return lines
