@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 PLAIN, DEEPSPEED = "plain", "deepspeed"
 _NAMES = {PLAIN: re.compile(r"^step-(\d{9})\.pt$"), DEEPSPEED: re.compile(r"^ds-step-(\d{9})$")}
 DEEPSPEED_MODEL_FILE = "mp_rank_00_model_states.pt"  # the module and the client state, in every ZeRO stage
-_CLIENT_KEYS = ("progress", "scheduler", "ema", "rng", "wandb_run_id", "config")  # what the Trainer adds
+_CLIENT_KEYS = ("progress", "scheduler", "ema", "rng", "wandb_run_id", "config", "classes")  # what the Trainer adds
 
 
 class CheckpointError(RuntimeError):

@@ -108,10 +108,16 @@ COMMANDS = {
     "models": ("list registry models with parameter counts", False, lambda: (lambda p: None, _models)),
     "make-demo-data": ("write the demo dataset (real JPEGs, ImageNet layout)", False,
                        lambda: (_add_demo_arguments, _make_demo_data)),
+    "export": ("export a trained model: safetensors, TorchScript or ONNX (checked against the eager model)", False,
+               lambda: _tool("export")),
+    "predict": ("classify images with a trained model: top-k with class names, a table or JSON lines", False,
+                lambda: _tool("predict")),
     "check-data": ("scan a dataset: classes, counts, undecodable files, empty classes", False,
                    lambda: _tool("check_data")),
     "bench": ("benchmarks: `pipeline bench train --help`, `pipeline bench data --help`", False,
               lambda: (_add_bench_arguments, None)),
+    "config": ("print the resolved config (YAML), --diff against the defaults, --keys to list every key", True,
+               lambda: _tool("show_config")),
     "plan": ("print a job's plan at a launch size: batches, LR, warmup, decay points, steps, time estimate", True,
              lambda: _tool("plan")),
     "compare": ("compare runs (run dirs, offline W&B runs, entity/project/id)", False, lambda: _tool("compare")),
@@ -122,6 +128,13 @@ COMMANDS = {
 }
 
 
+def _keys_epilog() -> dict:
+    """`pipeline train --help` ends with every config key, generated from the schema."""
+    from pipeline.config.describe import help_text
+
+    return {"epilog": help_text(), "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     """Only the chosen command's module is imported; `pipeline --help` lists them all."""
     chosen = argv[0] if argv else None
@@ -130,7 +143,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pipeline", description="Distributed ResNet training on ImageNet-style data.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (text, with_overrides, get) in COMMANDS.items():
-        p = sub.add_parser(name, help=text)
+        keys_listed = name in ("train", "eval") and name == chosen and ("-h" in argv or "--help" in argv)
+        p = sub.add_parser(name, help=text, **(_keys_epilog() if keys_listed else {}))
         if name == chosen:
             add_arguments, run = get()
             add_arguments(p)

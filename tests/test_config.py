@@ -74,3 +74,26 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["model.name=resnet34"])
     (tmp_path / "c.yaml").write_text(to_yaml(cfg))
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_train_help_lists_every_key_from_the_schema():
+    from pipeline.config.describe import describe
+
+    keys = describe()
+    assert [k.key for k in keys if not k.doc] == []  # every field in schema.py carries its comment
+    text = run_cli("train", "--help", quick=True, check=True).stdout
+    for item in keys:
+        section, _, leaf = item.key.rpartition(".")
+        assert f"\n  {section or 'top level'}:" in text
+        assert f"    {leaf} ({item.type}, default " in text, item.key
+    assert "    lr (float, default 0.4): " in text and "linear scaling" in text.lower()
+
+
+def test_pipeline_config_prints_what_would_run_and_its_diff(tmp_path):
+    resolved = run_cli("config", "optim.lr=0.2", quick=True, check=True).stdout
+    (tmp_path / "resolved.yaml").write_text(resolved)
+    assert load_config(tmp_path / "resolved.yaml") == load_config(None, ["optim.lr=0.2"])
+    config = "configs/imagenet/resnet152.yaml"
+    diff = run_cli("config", "--config", config, "--diff", quick=True, check=True).stdout.strip().splitlines()
+    assert "data.batch_size=32" in diff and "model.name=resnet152" in diff and not any("momentum" in d for d in diff)
+    assert load_config(None, diff) == load_config(config)  # the diff, as overrides, is the whole config

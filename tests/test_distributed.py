@@ -53,6 +53,9 @@ def test_two_process_training(tmp_path, demo_data, engine):
         assert result["checkpoint"].endswith(tags[-1]) and result["step"] == summary["steps"]
         assert result["val/samples"] == 130
         assert result["val/top1"] == pytest.approx(summary["final/val/top1"], abs=1.0)  # one process vs two
+        exported = run_cli("export", str(run), "--format", "safetensors", "--out", str(tmp_path / "ds.safetensors"),
+                           check=True).stdout
+        assert f"from {run / 'checkpoints' / tags[-1]}" in exported and "max |exported - eager|" in exported
 
 
 def _final_weights(run):

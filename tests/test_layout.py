@@ -8,7 +8,7 @@ PACKAGE = REPO / "pipeline"
 # Lowest first. A module may import its own layer or a lower one; layers are folders or modules.
 LAYERS = [
     {"config", "suggest", "distributed", "metrics", "faults"},
-    {"numerics", "runtime", "checkpoint", "optim", "models"},
+    {"numerics", "runtime", "checkpoint", "optim", "models", "trained"},
     {"data"},
     {"tracking"},
     {"engines"},

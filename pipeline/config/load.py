@@ -117,9 +117,15 @@ def _check_sections(tree: dict, source: str, schema: Any = None, prefix: str = "
         _check_sections(value, source, default, f"{prefix}{key}.")
 
 
-def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RootConfig:
-    """Build the frozen root config from defaults, an optional YAML file and dotted overrides."""
+def load_config(config_file: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                tree: dict | None = None, tree_source: str = "") -> RootConfig:
+    """Build the frozen root config from defaults, an optional YAML file (or an already parsed
+    `tree`, e.g. the config stored in a checkpoint) and dotted overrides."""
     layers: list[tuple[str, dict]] = []
+    if tree is not None:
+        _check_keys(_flatten(tree), tree_source)
+        _check_sections(tree, tree_source)
+        layers.append((tree_source, tree))
     if config_file:
         tree = _read_yaml(Path(config_file))
         _check_keys(_flatten(tree), str(config_file))
@@ -237,3 +243,24 @@ def to_dict(cfg: RootConfig) -> dict:
 
 def to_yaml(cfg: RootConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_diff(cfg: RootConfig) -> dict:
+    """{dotted key: value} where cfg differs from the defaults: as key=value overrides, the config."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and key != "expected":
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    defaults, chosen = flat(to_dict(RootConfig())), flat(to_dict(cfg))
+    return {k: v for k, v in chosen.items() if defaults.get(k) != v}
+
+
+def as_override(key: str, value: Any) -> str:
+    """key=value, the value in YAML flow style (what _parse_override reads back)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return f"{key}={text.removesuffix('...').strip()}"

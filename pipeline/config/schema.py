@@ -35,6 +35,10 @@ class ModelConfig:
     zero_init_last: bool = False  # zero the last BN gamma of each residual branch (Goyal 2017)
     drop_rate: float = 0.0  # dropout before the classifier
     frozen_bn: bool = False  # BatchNorm uses its running statistics in training too (fine-tuning)
+    # Start from these weights: a `pipeline export` safetensors file, a torchvision/timm state_dict or
+    # one of our checkpoints (never downloaded at run time). The trunk loads strictly; the classifier
+    # is re-initialized when the class count differs.
+    pretrained: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,11 @@ class DataConfig:
     # GPU, CPU decode without one), else torchvision.
     backend: str = "auto"
     dataset: str = "imagefolder"  # imagefolder (train/<class>/*, val/<class>/*) | cifar10 | synthetic
-    path: str = "data/demo"
+    path: str = "data/demo"  # the dataset root (imagefolder: train/ and val/ inside; cifar: the python files)
     # Optional file lists instead of the train/ and val/ folders (DALI's file_list format: one
     # "<path> <integer label>" per line, relative paths from the list's folder).
     train_list: str = ""
-    val_list: str = ""
+    val_list: str = ""  # the val split as a file list (see train_list)
     make_demo: bool = True  # create the demo dataset when data.path is data/demo and missing (never elsewhere)
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size
@@ -55,7 +59,7 @@ class DataConfig:
     crop_fraction: float = 0.875  # val: resize shorter side to image_size / crop_fraction, center crop
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
-    hflip: float = 0.5
+    hflip: float = 0.5  # train: probability of a horizontal flip
     # Antialias the train resize when the crop is downscaled, like torchvision's PIL
     # RandomResizedCrop that the papers' recipes used. Val always antialiases.
     train_antialias: bool = True
@@ -63,8 +67,8 @@ class DataConfig:
     # operators on a GPU; torch's vectorized uint8 resize on CPU, where DALI's CPU resampler costs
     # 4-7x more per image, antialiased (docs/benchmarks.md). "dali" on CPU runs the GPU graph's CPU twin.
     dali_resize: str = "auto"  # auto | dali | torch
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalization mean, fractions of 255
+    std: tuple[float, float, float] = IMAGENET_STD  # per-channel normalization std, fractions of 255
     workers: int = 2  # loader processes per rank (torchvision) / threads (DALI)
     cifar_holdout: int = 0  # >0: validate on the last N training images (paper: 5000), not the test set
     synthetic_samples: int = 1024  # per epoch, per rank, for dataset=synthetic
@@ -82,15 +86,15 @@ class OptimConfig:
     # Linear scaling rule (Goyal 2017): the LR used is lr * global_batch / base_batch, so `lr` is
     # "per 256 images" by default; 0 uses lr as given.
     base_batch: int = 256
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD / LARS momentum
+    nesterov: bool = False  # Nesterov momentum (Goyal 2017 uses it)
+    weight_decay: float = 1e-4  # L2 weight decay (off for BN and biases unless decay_norm_and_bias)
     decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases
     schedule: str = "cosine"  # cosine | step | multistep | constant
     milestones: tuple[int, ...] = (30, 60)  # multistep: epochs (or iterations, see milestones_in)
     milestones_in: str = "epochs"  # epochs | steps
     step_size: int = 30  # step: epochs between decays
-    gamma: float = 0.1
+    gamma: float = 0.1  # step/multistep: LR factor at each decay point
     min_lr: float = 0.0  # cosine floor
     warmup_epochs: float = 1.0  # 0: none set, so auto_warmup_epochs may apply
     # Goyal 2017's gradual warmup, applied when warmup_epochs=0 and the linear scaling rule raised the
@@ -98,7 +102,7 @@ class OptimConfig:
     auto_warmup_epochs: float = 5.0
     warmup_steps: int = 0  # added to warmup_epochs (converted to steps)
     warmup_lr: float = 0.0  # lr at the start of the linear warmup
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 in modern recipes)
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     accumulation: int = 1  # micro-batches per optimizer step
 
@@ -113,21 +117,21 @@ class TrainerConfig:
     # NHWC memory layout for images and weights. auto: always on a GPU, probed on a CPU (slower
     # than NCHW on some AVX2 CPUs). true/false force it.
     channels_last: str = "auto"  # auto | true | false
-    compile: bool = False
+    compile: bool = False  # torch.compile the model (compile_mode below; graph-free modes on CPU)
     # torch.compile mode. reduce-overhead (and max-autotune) also capture CUDA graphs with torch's
     # cudagraph trees, which replay a whole step with one launch; on CPU they compile without graphs.
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     compile_cache_dir: str = ""  # TORCHINDUCTOR_CACHE_DIR when set
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "auto"  # auto (ddp when world > 1, else single) | single | ddp | deepspeed
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  # where config, metrics, checkpoints, summary and W&B files go
     resume: str = "auto"  # auto (newest valid checkpoint in run_dir) | never | <path>
-    seed: int = 0
+    seed: int = 0  # one seed for weights, data order and augmentation (per sample, so resume is exact)
     threads: int = 0  # torch intra-op threads per process; 0 = cores / local processes
     log_every: int = 10  # steps between host syncs for metrics
     eval_every: int = 1  # epochs between validations (the last epoch always validates)
     checkpoint_every: int = 0  # steps between checkpoints (0: end of each epoch only)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints kept, both layouts (plain files, DeepSpeed tags)
     ema_decay: float = 0.0  # >0: keep a timm ModelEmaV3 and validate it too
     nonfinite_patience: int = 3  # consecutive non-finite losses (checked at log steps) before stopping
     # A checkpoint write that fails (disk full, I/O error): "continue" warns, keeps the previous
@@ -140,22 +144,22 @@ class DistributedConfig:
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout: a hung rank ends the job after this
     sync_bn: bool = False  # SyncBatchNorm (GPU only)
-    find_unused_parameters: bool = False
-    bucket_cap_mb: int = 25
+    find_unused_parameters: bool = False  # DDP: allow parameters without gradients (slower; not needed by the ResNets)
+    bucket_cap_mb: int = 25  # DDP gradient bucket size
     deepspeed_config: str = ""  # a user JSON (configs/deepspeed/...) instead of the generated one
-    zero_stage: int = 0
+    zero_stage: int = 0  # DeepSpeed ZeRO stage: 0, 1 (optimizer state) or 2 (+ gradients)
 
 
 @dataclass(frozen=True)
 class WandbConfig:
     mode: str = "disabled"  # online | offline | disabled | auto
-    project: str = "resnet-pipeline"
-    entity: str = ""
-    group: str = ""
-    job_type: str = "train"
-    tags: tuple[str, ...] = ()
-    notes: str = ""
-    log_checkpoints: bool = False
+    project: str = "resnet-pipeline"  # W&B project
+    entity: str = ""  # W&B entity (team or user); empty: your default
+    group: str = ""  # W&B group (runs of one experiment; the Slurm scripts set <job>-<id>)
+    job_type: str = "train"  # W&B job type
+    tags: tuple[str, ...] = ()  # W&B tags
+    notes: str = ""  # W&B notes
+    log_checkpoints: bool = False  # upload the newest checkpoint as a W&B artifact at the end
 
 
 @dataclass(frozen=True)

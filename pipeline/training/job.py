@@ -10,6 +10,7 @@ from pipeline import distributed as dist_utils
 from pipeline.config import ConfigError, RootConfig, to_yaml
 from pipeline.metrics import format_duration
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
+from pipeline.training.model_card import write_model_card
 from pipeline.training.plan import make_plan
 from pipeline.training.trainer import Trainer
 
@@ -56,6 +57,9 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
         interrupted = summary["status"] == "interrupted"
         if rt.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_model_card(run_dir, cfg, summary, env["plan"], {
+                "path": cfg.data.path, "classes": list(trainer.data.classes),
+                "train_images": trainer.data.train.num_samples, "val_images": trainer.data.val.num_samples})
             if tracker is not None:
                 newest = ckpt.list_checkpoints(run_dir, trainer.engine.layout)
                 tracker.finish(summary, newest[0] if newest else None, interrupted)

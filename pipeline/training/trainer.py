@@ -21,6 +21,7 @@ from pipeline.metrics import MetricsLog, Progress
 from pipeline.models import build_model, count_parameters
 from pipeline.optim import LRSchedule, build_optimizer, scaled_lr, warmup_epochs_for
 from pipeline.runtime import Runtime, StopSignal, seed_everything
+from pipeline.trained import load_pretrained
 from pipeline.training.evaluate import evaluate, replica_checksum
 from pipeline.training.state import LogWindow, TrainState
 
@@ -73,6 +74,8 @@ class Trainer:
         placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size)
         self.data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
         model = build_model(cfg.model, cfg.model.num_classes or self.data.num_classes)
+        if cfg.model.pretrained:  # the same initial weights on every rank: every rank reads the file
+            load_pretrained(model, cfg.model.pretrained, cfg.model.name)
         self.num_params = count_parameters(model)
         self.accumulation = cfg.optim.accumulation
         self.steps_per_epoch = max(1, self.data.train.steps_per_epoch() // self.accumulation)
@@ -102,7 +105,7 @@ class Trainer:
         """Everything but the engine's own state (model, optimizer, scaler), which it saves itself."""
         return {"scheduler": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
                 "rng": ckpt.rng_state(), "progress": self.state.to_dict(), "wandb_run_id": self.state.wandb_run_id,
-                "config": to_dict(self.cfg)}
+                "config": to_dict(self.cfg), "classes": list(self.data.classes)}
 
     def save(self) -> None:
         try:

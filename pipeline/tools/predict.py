@@ -1,0 +1,81 @@
+"""`pipeline predict --checkpoint RUN_DIR|CHECKPOINT IMAGE|DIR ... [--topk 5] [--json]`
+
+The run's own validation transform (resize, center crop, its normalization), batched, on the GPU
+when there is one. A file that does not decode is reported by name and skipped; the exit code is 1
+when any file failed, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.data.folder import _DECODE_ERRORS, IMAGE_EXTENSIONS, ValTransform, load_rgb
+from pipeline.data.normalize import PixelNormalizer
+from pipeline.trained import load_trained
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a run directory, a step-*.pt file or a ds-step-* folder")
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--raw", action="store_true", help="the trained weights even when the run kept an EMA")
+
+
+def _files(specs: list[str]) -> list[Path]:
+    files = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            files.append(path)  # a missing or odd file is reported when it is read
+    return files
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.topk < 1 or args.batch < 1:
+        raise ValueError(f"--topk and --batch must be >= 1, got {args.topk} and {args.batch}")
+    trained = load_trained(args.checkpoint, raw=args.raw)
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    model = trained.model.to(device)
+    transform, normalize = ValTransform(trained.cfg.data), PixelNormalizer(trained.cfg.data.mean, trained.cfg.data.std)
+    k = min(args.topk, len(trained.classes))
+    failed, batch, names = 0, [], []
+
+    def flush() -> None:
+        with torch.no_grad():
+            probs = model(torch.stack(batch).to(device)).float().softmax(dim=1).cpu()
+        top = probs.topk(k, dim=1)
+        for name, values, indices in zip(names, top.values.tolist(), top.indices.tolist()):
+            ranked = [{"class": trained.classes[i], "index": i, "prob": round(v, 5)} for v, i in zip(values, indices)]
+            if args.json:
+                print(json.dumps({"file": str(name), "top": ranked}))
+            else:
+                print(f"{name}  " + "  ".join(f"{r['class']} {r['prob']:.3f}" for r in ranked))
+        batch.clear()
+        names.clear()
+
+    for path in _files(args.images):
+        try:
+            image = transform(load_rgb(str(path)), 0)
+        except _DECODE_ERRORS as exc:
+            print(f"error: cannot read image {path}: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        batch.append(normalize.chw(image))
+        names.append(path)
+        if len(batch) == args.batch:
+            flush()
+    if batch:
+        flush()
+    if failed:
+        print(f"{failed} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
