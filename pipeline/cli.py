@@ -69,14 +69,6 @@ def _eval(args: argparse.Namespace) -> int:
     world = world_info_from_env()
     if world.rank == 0:
         print(json.dumps(result))
-    if world.world_size > 1:
-        # Under torchrun with gloo (torch 2.14.1) a rank aborted at interpreter exit, after its work
-        # and the process group's teardown were done, in about 1 run of 10 ("terminate called without
-        # an active exception" in C++ static destruction; 0 of 24 once more modules were imported, so
-        # an ordering accident). Nothing is left to do: flush and leave without static destructors.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
     return 0
 
 
@@ -191,6 +183,23 @@ def _record_failure(rank: int, line: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    code = _run(args)
+    from pipeline.distributed import world_info_from_env
+
+    if world_info_from_env().world_size > 1:
+        # Under torchrun or Slurm with gloo (torch 2.14.1) a rank could abort at interpreter exit,
+        # after its work and the process group's teardown were done: "terminate called without an
+        # active exception" in C++ static destruction, about 1 run of 10 for 2-rank `pipeline eval`
+        # and seen once in 2-rank DeepSpeed training (docs/benchmarks.md). Everything is written
+        # and closed by now (checkpoints fsynced, metrics and summary files closed, W&B finished),
+        # so flush and leave with the exit code, without the static destructors.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
 
     try:
