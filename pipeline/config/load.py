@@ -245,18 +245,20 @@ def to_yaml(cfg: RootConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def flat_values(tree: dict, prefix: str = "") -> dict:
+    """{dotted key: value} of a config tree; `expected` stays one free-form value."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "expected":
+            out.update(flat_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config_diff(cfg: RootConfig) -> dict:
     """{dotted key: value} where cfg differs from the defaults: as key=value overrides, the config."""
-    def flat(tree: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in tree.items():
-            if isinstance(value, dict) and key != "expected":
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    defaults, chosen = flat(to_dict(RootConfig())), flat(to_dict(cfg))
+    defaults, chosen = flat_values(to_dict(RootConfig())), flat_values(to_dict(cfg))
     return {k: v for k, v in chosen.items() if defaults.get(k) != v}
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config.load import flat_values
+
 
 @dataclass
 class RunData:
@@ -20,16 +22,6 @@ class RunData:
     config: dict
     history: list[dict]
     summary: dict = field(default_factory=dict)
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and k not in ("expected",):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def load_run(spec: str) -> RunData:
@@ -81,7 +73,7 @@ def summarize(run: RunData) -> dict:
 
 
 def differing_keys(runs: list[RunData]) -> list[str]:
-    flats = [_flat(r.config) for r in runs]
+    flats = [flat_values(r.config) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
     skip = ("trainer.run_dir", "logging.", "expected", "model.name")
     return [k for k in keys if not k.startswith(skip) and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
@@ -131,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
         print("error: no runs given")
         return 2
     diff = differing_keys(runs)
-    flats = [_flat(r.config) for r in runs]
+    flats = [flat_values(r.config) for r in runs]
     header = ["run", "model", *diff, "best_top1", "final_top1", "paper", "paper_source", "global_batch", "peak_lr",
               "img/s", "epochs", "wall_s"]
     rows = []
