@@ -48,11 +48,14 @@ def test_two_process_training(tmp_path, demo_data, engine):
     if engine != "ddp":  # DeepSpeed's layout goes through checkpoint.py too: retention and `pipeline eval`
         tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
         assert tags == [f"ds-step-{summary['steps'] * k // 3:09d}" for k in (2, 3)]  # keep_checkpoints=2
-        result = json.loads(run_cli("eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}",
-                                    check=True).stdout.strip().splitlines()[-1])
+        # Evaluated as the run validated: two processes, batch 16 each, the run's numerics (bf16 where
+        # `auto` picks it), so the same batches through the same kernels: the same count of images right.
+        proc = torchrun(2, "eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.batch_size=16")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
         assert result["checkpoint"].endswith(tags[-1]) and result["step"] == summary["steps"]
         assert result["val/samples"] == 130
-        assert result["val/top1"] == pytest.approx(summary["final/val/top1"], abs=1.0)  # one process vs two
+        assert round(result["val/top1"] * 130 / 100) == round(summary["final/val/top1"] * 130 / 100), result
         exported = run_cli("export", str(run), "--format", "safetensors", "--out", str(tmp_path / "ds.safetensors"),
                            check=True).stdout
         assert f"from {run / 'checkpoints' / tags[-1]}" in exported and "max |exported - eager|" in exported
@@ -79,7 +82,10 @@ def test_two_processes_half_batch_equal_one_process_full_batch(tmp_path, demo_da
 @pytest.mark.parametrize("world", [2, 3])
 def test_validation_counts_every_image_once(tmp_path, demo_data, world):
     run = tmp_path / "run"
-    base = [*FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.val_batch_size=16"]
+    # fp32: one process and `world` processes batch the images differently, and under bf16 autocast a
+    # close call can flip with the batch; this test is about counting each image once.
+    base = [*FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.val_batch_size=16",
+            "trainer.precision=fp32"]
     from tests.helpers import run_cli
 
     run_cli("train", *base, "trainer.epochs=1", check=True)

@@ -111,12 +111,12 @@ def test_predict_and_fine_tuning_from_an_exported_run(tmp_path, demo_data):
     run_cli("export", str(run), "--format", "safetensors", "--out", str(weights), check=True)
     shutil.copy(next((demo_data / "val" / "rings").iterdir()), tmp_path / "ring.JPEG")
     (tmp_path / "broken.JPEG").write_bytes(b"not an image")
-    proc = run_cli("predict", "--checkpoint", str(run), "--json", "--topk", "3", str(tmp_path / "ring.JPEG"),
-                   str(tmp_path / "broken.JPEG"), check=False)
+    proc = run_cli("predict", "--checkpoint", str(run), "--json", "--topk", "3", "--precision", "fp32",
+                   str(tmp_path / "ring.JPEG"), str(tmp_path / "broken.JPEG"), check=False)
     assert proc.returncode == 1 and f"cannot read image {tmp_path / 'broken.JPEG'}" in proc.stderr
     (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert row["file"].endswith("ring.JPEG") and len(row["top"]) == 3
-    # The same probabilities as the run's model on the run's validation transform, in this process.
+    # --precision fp32: the same probabilities as the run's model in fp32 on the run's val transform, here.
     from pipeline.data.folder import ValTransform, load_rgb
     from pipeline.data.normalize import PixelNormalizer
     from pipeline.trained import load_trained
@@ -128,13 +128,17 @@ def test_predict_and_fine_tuning_from_an_exported_run(tmp_path, demo_data):
         probs = trained.model(image[None]).softmax(1)[0]
     best = int(probs.argmax())
     assert row["top"][0] == {"class": trained.classes[best], "index": best, "prob": round(float(probs[best]), 5)}
-    # Over the whole val folder, the run's own val top-1 (fp32 here, bf16 autocast in the run where
-    # the CPU has it: a few close calls may flip).
+    # Over the whole val folder, predict counts the same images right as `pipeline eval` of the run:
+    # both use the run's numerics (bf16 autocast where `auto` picks it) and its val batches.
     proc = run_cli("predict", "--checkpoint", str(run), "--json", str(demo_data / "val"), check=True)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     right = sum(r["top"][0]["class"] == r["file"].split("/")[-2] for r in rows)
-    val_top1 = json.loads((run / "summary.json").read_text())["final/val/top1"]
-    assert len(rows) == 130 and abs(100 * right / 130 - val_top1) <= 100 * 3 / 130
+    evaluated = json.loads(run_cli("eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}",
+                                   check=True).stdout.splitlines()[-1])
+    assert len(rows) == evaluated["val/samples"] == 130
+    assert right == round(evaluated["val/top1"] * 130 / 100), (right, evaluated)
+    summary = json.loads((run / "summary.json").read_text())
+    assert round(summary["final/val/top1"] * 130 / 100) == right, summary  # the run's own last validation
     # Relabelled subset: 5 demo classes, permuted labels, through file lists.
     classes = sorted(p.name for p in (demo_data / "train").iterdir())[:5]
     for split, per_class in (("train", 16), ("val", 13)):

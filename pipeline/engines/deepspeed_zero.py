@@ -50,6 +50,18 @@ def _batch_keys(cfg: RootConfig, rt: Runtime) -> dict:
             "train_batch_size": cfg.data.batch_size * acc * rt.world.world_size}
 
 
+def _skip_shared_memory_allreduce_build() -> None:
+    """DeepSpeed's CPU backend JIT-compiles its shared-memory all-reduce with ninja when its comm
+    backend starts: about a minute of C++ on 2 cores, once per machine (then cached under
+    ~/.cache/torch_extensions). The op serves only `inference_all_reduce` (tensor-parallel
+    inference); ZeRO training reduces through torch.distributed (gloo here). Marking it
+    incompatible, in the dict DeepSpeed keeps for that purpose, makes DeepSpeed fall back to the
+    process group, as it does on a CPU without the op's ISA."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     layout = ckpt.DEEPSPEED
 
@@ -63,6 +75,8 @@ class DeepSpeedEngine:
             os.environ.setdefault(name, str(value))
         import deepspeed
 
+        if rt.device.type == "cpu":
+            _skip_shared_memory_allreduce_build()
         self.rt, self.module = rt, module
         self.optimizer = optimizer  # the base optimizer: LRSchedule sets its param_groups' lr
         self.ds_config = deepspeed_config(cfg, rt)
