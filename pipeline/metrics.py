@@ -43,6 +43,15 @@ class MetricsLog:
         for sink in self.sinks:
             sink.log(record)
 
+    def alert(self, title: str, text: str) -> None:
+        """A warning line in the log (stderr) and an alert in each sink that takes alerts (W&B)."""
+        if not self.enabled:
+            return
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+        for sink in self.sinks:
+            if hasattr(sink, "alert"):
+                sink.alert(title, text)
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"

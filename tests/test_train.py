@@ -26,6 +26,7 @@ def test_short_run_learns_and_writes_outputs(tmp_path, demo_data):
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert losses[-1] < losses[0] * 0.8
     assert summary["final/val/top1"] > 25  # chance is 10%
+    assert summary["alerts"] == [] and "at chance" not in proc.stderr  # the label guard stays quiet
     assert summary["val/samples"] == 130
     assert {"train/loss", "train/lr", "train/img_per_sec", "epoch", "step"} <= set(rows[0])
     assert {"val/top1", "val/top5", "val/loss", "val/samples"} <= set(rows[-1])

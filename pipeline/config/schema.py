@@ -52,6 +52,9 @@ class DataConfig:
     # "<path> <integer label>" per line, relative paths from the list's folder).
     train_list: str = ""
     val_list: str = ""  # the val split as a file list (see train_list)
+    # Both splits must number the same classes from 0; true lets val hold fewer classes than train
+    # (a deliberate subset: val images keep their class's train index).
+    val_subset: bool = False
     make_demo: bool = True  # create the demo dataset when data.path is data/demo and missing (never elsewhere)
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import DataConfig
+from pipeline.data.labels import check_num_classes
 from pipeline.data.planned import TorchLoader
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.synthetic import SyntheticLoader
@@ -27,7 +28,14 @@ def resolve_backend(cfg: DataConfig) -> str:
 
 
 def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: int = 0) -> DataBundle:
-    """Build the train and val loaders for this rank (file backends imported on demand: DALI may be absent)."""
+    """Build the train and val loaders for this rank (file backends imported on demand: DALI may be
+    absent). num_classes: model.num_classes when set; every train label must fit it."""
+    bundle = _build(cfg, placement, seed, num_classes)
+    check_num_classes(bundle.num_classes, num_classes)
+    return bundle
+
+
+def _build(cfg: DataConfig, placement: Placement, seed: int, num_classes: int) -> DataBundle:
     backend = resolve_backend(cfg)
     if backend == "synthetic":
         classes = num_classes or 1000

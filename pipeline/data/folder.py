@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 from pipeline.config import DataConfig
 from pipeline.data.augment import random_resized_crop
 from pipeline.data import bad_images
+from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
 from pipeline.data.types import DataError
 
@@ -71,14 +72,22 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str,
             raise DataError(f"dataset split not found: {root / split} "
                             f"(expected {root}/train/<class>/ and {root}/val/<class>/, or data.{split}_list)")
         splits[split] = scan_folder(root / split)
-    (train_classes, _), (val_classes, val_samples) = splits["train"], splits["val"]
+    (train_classes, train_samples), (val_classes, val_samples) = splits["train"], splits["val"]
     if cfg.train_list or cfg.val_list:
-        top = max(label for _, label in val_samples)
-        if top >= len(train_classes):
-            raise DataError(f"val label {top} is outside the {len(train_classes)} train classes")
+        sources = {split: f"data.{split}_list {listed}" if listed else f"folder {root / split}"
+                   for split, listed in (("train", cfg.train_list), ("val", cfg.val_list))}
+        check_split_labels({label for _, label in train_samples}, {label for _, label in val_samples}, sources,
+                           cfg.val_subset)
     elif val_classes != train_classes:
-        missing = sorted(set(train_classes) ^ set(val_classes))[:3]
-        raise DataError(f"train and val class folders differ in {root} (e.g. {', '.join(missing)})")
+        extra, missing = sorted(set(val_classes) - set(train_classes)), sorted(set(train_classes) - set(val_classes))
+        if extra or not cfg.val_subset:
+            shown = ", ".join((extra or missing)[:3])
+            raise DataError(f"train and val class folders differ in {root}: {len(extra)} only in val, "
+                            f"{len(missing)} only in train (e.g. {shown})"
+                            + ("" if extra else f"; a val split with fewer classes on purpose needs {SUBSET_SETTING}"))
+        # A deliberate subset: val images keep the train index of their class, found by name.
+        index = {name: label for label, name in enumerate(train_classes)}
+        splits["val"] = (train_classes, [(path, index[val_classes[label]]) for path, label in val_samples])
     return splits
 
 

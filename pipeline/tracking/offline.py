@@ -51,6 +51,7 @@ class OfflineRun:
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    alerts: list[dict] = field(default_factory=list)  # {"title", "text", "level"}
 
 
 def _item_key(item) -> str:
@@ -80,6 +81,8 @@ def read_offline_run(path: Path) -> OfflineRun:
         elif kind == "summary":
             for item in record.summary.update:
                 run.summary[_item_key(item)] = json.loads(item.value_json)
+        elif kind == "alert":
+            run.alerts.append({"title": record.alert.title, "text": record.alert.text, "level": record.alert.level})
         elif kind == "run":
             run.run_id, run.group = record.run.run_id or run.run_id, record.run.run_group
             for item in record.run.config.update:

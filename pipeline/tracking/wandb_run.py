@@ -91,6 +91,12 @@ class WandbTracker:
     def log(self, record: dict) -> None:
         self.run.log(record)
 
+    def alert(self, title: str, text: str) -> None:
+        """A W&B alert (e-mail/Slack as the user set it up online; a record in an offline run)."""
+        import wandb
+
+        self.run.alert(title=title, text=text, level=wandb.AlertLevel.WARN)
+
     def finish(self, summary: dict, checkpoint: Path | None, interrupted: bool) -> None:
         for key in ("best/val/top1", "final/val/top1", "train/img_per_sec", "train/data_wait", "device_hours",
                     "wall_seconds", "global_batch", "peak_lr", "warmup_epochs"):

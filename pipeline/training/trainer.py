@@ -23,6 +23,7 @@ from pipeline.optim import LRSchedule, build_optimizer, scaled_lr, warmup_epochs
 from pipeline.runtime import Runtime, StopSignal, seed_everything
 from pipeline.trained import load_pretrained
 from pipeline.training.evaluate import evaluate, replica_checksum
+from pipeline.training.guards import val_at_chance
 from pipeline.training.state import LogWindow, TrainState
 
 
@@ -99,6 +100,8 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
         self.stop = StopSignal()
         self.nonfinite_windows = 0  # consecutive log windows with a non-finite loss
+        self.train_top1_windows: list[float] = []  # train top-1 of each log window since the last validation
+        self.alerts: list[str] = []  # warnings raised while training (W&B alerts too)
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -198,6 +201,7 @@ class Trainer:
         s.train_seconds += stats.seconds
         self.check_finite(stats.mean_loss)
         s.img_per_sec.append(stats.img_per_sec)
+        self.train_top1_windows.append(stats.top1)
         s.data_wait.append(stats.data_wait)
         lr = self.schedule.current_lr()
         self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
@@ -228,6 +232,13 @@ class Trainer:
         set_train_mode(self.engine.wrapped, self.cfg.model.frozen_bn)
         s.best_top1 = max(s.best_top1, s.last_val["val/top1"])
         self.metrics.log({"step": s.global_step, "epoch": epoch, **s.last_val})
+        windows, self.train_top1_windows = self.train_top1_windows, []
+        if not self.alerts and windows and s.global_step >= self.schedule.warmup_steps:
+            text = val_at_chance(s.last_val["val/top1"], statistics.mean(windows), self.data.num_classes,
+                                 s.last_val["val/samples"])
+            if text:  # once per run; training goes on
+                self.alerts.append(text)
+                self.metrics.alert("val top-1 at chance", text)
 
     def fit(self) -> dict:
         cfg, s = self.cfg, self.state
@@ -277,6 +288,6 @@ class Trainer:
                 "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
                 "train_seconds": round(s.train_seconds, 2), "replaced_images": self.data.train.replaced_images,
                 "fp16_skipped_steps": int(skipped) if self.rt.precision == "fp16" and skipped is not None else None,
-                "replicas_identical": replica_checksum(self.engine.module, self.rt.device),
+                "replicas_identical": replica_checksum(self.engine.module, self.rt.device), "alerts": self.alerts,
                 "peak_memory_gib": (round(torch.cuda.max_memory_allocated(self.rt.device) / 2**30, 2)
                                     if self.rt.device.type == "cuda" else None)}
