@@ -201,11 +201,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
+    from pipeline.runlock import RunDirInUse
 
     try:
         return args.run(args)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RunDirInUse as exc:  # another live job's run directory: nothing was written
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

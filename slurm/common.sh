@@ -75,10 +75,15 @@ echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per
 # The count lives in the run directory, so every requeue of the job shares it. Each rank that fails
 # with a Python error writes "rank R on HOST: error" under failures/ (PIPELINE_FAILURE_DIR); a rank
 # killed outright is named by srun's own "srun: error: HOST: task R: ..." line.
+# Exit 2 is not a fault to retry: a refused configuration, or a run directory that another live
+# job holds (pipeline/runlock.py: the same sbatch submitted twice). It is not requeued and spends
+# no restart; each job keeps its failure notes under its own id, so a refused duplicate touches
+# nothing of the job that holds the directory.
 max_restarts="${MAX_RESTARTS:-3}"
-mkdir -p "$run_dir/failures"
-rm -f "$run_dir/failures/"rank-*.txt
-export PIPELINE_FAILURE_DIR="$run_dir/failures"
+failure_dir="$run_dir/failures/$job_id"
+mkdir -p "$failure_dir"
+rm -f "$failure_dir/"rank-*.txt
+export PIPELINE_FAILURE_DIR="$failure_dir"
 # This attempt's part of the job log (sbatch --output, appended across requeues): srun's own error
 # lines and the ranks' error lines land there.
 job_log="$(scontrol show job "$job_id" 2>/dev/null | sed -n 's/^ *StdErr=//p' | head -n 1 || true)"
@@ -93,8 +98,8 @@ last_failure() {
   local first rank
   first="$(step_output | grep -m 1 -E '^(srun: error: [^:]+: task [0-9]+: |error \(rank [0-9]+\): )' || true)"
   rank="$(echo "$first" | sed -nE 's/^(srun: error: [^:]+: task |error \(rank )([0-9]+).*/\2/p')"
-  if [ -n "$rank" ] && [ -f "$run_dir/failures/rank-$rank.txt" ]; then
-    head -n 1 "$run_dir/failures/rank-$rank.txt"  # "rank R on HOST: error", written by the rank itself
+  if [ -n "$rank" ] && [ -f "$failure_dir/rank-$rank.txt" ]; then
+    head -n 1 "$failure_dir/rank-$rank.txt"  # "rank R on HOST: error", written by the rank itself
   elif [ -n "$first" ]; then  # killed outright: srun's line names the host
     echo "$first" | sed -E 's/^srun: error: ([^:]+): task ([0-9]+): /rank \2 on \1: /; s/^error \(rank ([0-9]+)\): /rank \1: /'
   else
@@ -125,6 +130,10 @@ while true; do
   wait "$train_pid" && status=0 || status=$?
   kill -0 "$train_pid" 2>/dev/null || break  # wait returned because of the trap: keep waiting
 done
+if [ "$requeue" = 0 ] && [ "$status" = 2 ]; then
+  echo "job $job_id: not requeued (exit 2: the configuration or run directory was refused, see the error above)" >&2
+  exit 2
+fi
 if [ "$requeue" = 0 ] && [ "$status" != 0 ] && [ "$status" != 75 ]; then
   used="$(cat "$run_dir/restarts" 2>/dev/null || echo 0)"
   if [ "$used" -lt "$max_restarts" ]; then

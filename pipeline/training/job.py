@@ -8,7 +8,9 @@ from pathlib import Path
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline.config import ConfigError, RootConfig, to_yaml
+from pipeline.distributed import WorldInfo
 from pipeline.metrics import format_duration
+from pipeline.runlock import RunLock
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
 from pipeline.training.model_card import write_model_card
 from pipeline.training.plan import make_plan
@@ -21,8 +23,17 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
     """Returns (summary, exit code)."""
     world = dist_utils.world_info_from_env()
     run_dir = Path(cfg.trainer.run_dir)
-    if world.rank == 0:  # before any process group: a bad run_dir ends the job at once, with its key
-        _prepare_run_dir(run_dir, cfg)
+    # Rank 0, before any process group: a bad run_dir, or one another live job holds, ends the job
+    # at once with one line (torchrun and srun then stop the other ranks), before anything is written.
+    lock = _prepare_run_dir(run_dir, cfg) if world.rank == 0 else None
+    try:
+        return _train(cfg, world, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]:
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
     # DDP and DeepSpeed need a process group even for one process.
@@ -73,13 +84,24 @@ def run_training(cfg: RootConfig) -> tuple[dict, int]:
         dist_utils.shutdown()
 
 
-def _prepare_run_dir(run_dir: Path, cfg: RootConfig) -> None:
+def _prepare_run_dir(run_dir: Path, cfg: RootConfig) -> RunLock:
+    """The run directory, created and locked for this job (pipeline/runlock.py), with its config."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        lock = RunLock(run_dir)
+        took_over = lock.acquire()
     except OSError as exc:
         raise ConfigError(f"trainer.run_dir {run_dir} cannot be created ({exc.strerror or exc}); "
                           "set trainer.run_dir to a writable folder") from None
+    if took_over:
+        print(took_over, flush=True)
+    try:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    except OSError as exc:
+        lock.release()
+        raise ConfigError(f"trainer.run_dir {run_dir} cannot be written ({exc.strerror or exc}); "
+                          "set trainer.run_dir to a writable folder") from None
+    return lock
 
 
 def _start_tracking(cfg: RootConfig, run_dir: Path, trainer: Trainer, env: dict):

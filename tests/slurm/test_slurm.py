@@ -158,6 +158,7 @@ def test_crashed_rank_is_restarted_within_the_budget(straight_run, demo_data, tm
     log = log_of(job)
     assert re.search(r"training step failed \(exit \d+, rank \d on n\d: .*\): restart 1/3, requeueing", log), log[-3000:]
     assert "resumed from" in log and (run / "restarts").read_text().strip() == "1"
+    assert "is in use by" not in log  # the requeued job takes its own run directory back (run.lock)
     # Same validations and final metrics. (A train/loss row right after the resume can differ: its
     # log window then starts at the checkpoint's step, not at the previous log step.)
     assert val_rows(run) == val_rows(straight)
@@ -203,7 +204,7 @@ def test_lost_node_requeues_and_resumes_when_it_is_back(straight_run, demo_data,
         print("lost node: n2", re.search(r"State=\S+", node).group(0), flush=True)
         subprocess.run(["scontrol", "update", "nodename=n2", "state=resume"], capture_output=True)
     assert wait_for(job, restarts=1) == "COMPLETED", log_of(job)[-3000:]
-    assert "resumed from" in log_of(job)
+    assert "resumed from" in log_of(job) and "is in use by" not in log_of(job)
     assert rows(run) == rows(straight)
 
 
