@@ -42,7 +42,8 @@ class TorchEngine:
         with sync:
             with self.autocast():
                 loss = loss_fn(self.wrapped(images), targets)
-            self.scaler.scale(loss / accumulation).backward()
+            # Dividing by 1 would add an op forward and one backward for nothing.
+            self.scaler.scale(loss / accumulation if accumulation > 1 else loss).backward()
         if last_micro:
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
