@@ -21,12 +21,19 @@ setup: $(BIN)/pipeline
 train: setup
 	$(BIN)/pipeline train $(ARGS)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; 1 = serial). Most tests wait on a subprocess
+# that imports torch on one thread, so two workers on 2 cores finish in about 0.6x the serial time
+# (docs/benchmarks.md). A module whose tests share one expensive fixture (the local Slurm cluster,
+# the GPU check's dry run) is one xdist_group and stays on one worker.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: setup
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)
 
 # The edit-test loop: unit-level tests only, no subprocess training (< 3 min on 2 cores).
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs data/demo .pytest_cache

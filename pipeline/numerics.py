@@ -19,6 +19,7 @@ each job after the first on a machine pays nothing. An explicit setting is never
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -220,9 +221,19 @@ def cached_probe(precisions: list[str], layouts: list[bool]) -> dict[str, float]
     rates = probe(precisions, layouts)
     try:  # a cache we cannot write only costs the next job its probe
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**cache, key: rates}, indent=1))
-        tmp.replace(path)
+        with open(path.with_name(path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # First writer wins: jobs that probed at the same time (two test workers, two jobs on a
+            # node) all take the rates already written, so every process on the machine decides alike.
+            try:
+                cache = json.loads(path.read_text())
+            except (OSError, ValueError):
+                cache = {}
+            if isinstance(cache.get(key), dict):
+                return cache[key]
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cache, key: rates}, indent=1))
+            tmp.replace(path)
     except OSError:
         pass
     return rates

@@ -74,6 +74,21 @@ def test_probe_is_cached_per_machine_and_thread_count(cache, monkeypatch):
     assert len(stored) == 2 and all(rate > 0 for rates in stored.values() for rate in rates.values())
 
 
+def test_a_concurrent_probe_takes_the_rates_written_first(cache, monkeypatch):
+    """Two processes that probed at once decide alike: the second finds the first's rates when it
+    comes to write, and uses them instead of its own."""
+    first = {"fp32/nchw": 100.0, "fp32/channels_last": 150.0, "bf16/nchw": 90.0, "bf16/channels_last": 95.0}
+    key = numerics._cache_key(["fp32", "bf16"], [False, True])
+
+    def racing_probe(*args, **kwargs):  # the other process writes while this one probes
+        cache.write_text(json.dumps({key: first}))
+        return {"fp32/nchw": 100.0, "fp32/channels_last": 90.0, "bf16/nchw": 300.0, "bf16/channels_last": 310.0}
+
+    monkeypatch.setattr(numerics, "probe", racing_probe)
+    assert numerics.cached_probe(["fp32", "bf16"], [False, True]) == first
+    assert json.loads(cache.read_text()) == {key: first}
+
+
 def test_probe_leaves_the_random_stream_alone(cache):
     torch.manual_seed(3)
     expected = torch.rand(3)
