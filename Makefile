@@ -22,11 +22,11 @@ train: setup
 	$(BIN)/pipeline train $(ARGS)
 
 # Tests run in TEST_WORKERS processes (pytest-xdist; 1 = serial). Most tests wait on a subprocess
-# that imports torch on one thread, so two workers on 2 cores finish in about 0.6x the serial time
-# (docs/benchmarks.md). A module whose tests share one expensive fixture (the local Slurm cluster,
-# the GPU check's dry run) is one xdist_group and stays on one worker.
+# that imports torch on one thread, so two workers keep both cores busy (docs/benchmarks.md).
+# --dist loadscope keeps each test module on one worker: module fixtures (the local Slurm cluster,
+# the GPU check's dry run) are set up once.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope)
 
 test: setup
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)

@@ -1,9 +1,17 @@
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.data.demo import make_demo_data
 from tests.helpers import CURRENT
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers on 2 cores: one intra-op thread each, or their OpenMP threads spin against each
+    # other (the subprocesses the tests start run with OMP_NUM_THREADS=1 already).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

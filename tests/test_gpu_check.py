@@ -9,8 +9,7 @@ import pytest
 
 from tests.helpers import REPO
 
-# Every step trains in a subprocess; one worker runs the module, so its tests share one dry run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gpu_check")]
+pytestmark = pytest.mark.slow  # every step trains in a subprocess
 
 CPU_TWINS = {"environment", "bench_train", "fp16_gradscaler", "checkpoint_kill_resume_eval", "deepspeed_zero1",
              "deepspeed_zero2", "dali_pipeline_alone", "dali_vs_synthetic"}
