@@ -208,16 +208,21 @@ def _cache_key(precisions: list[str], layouts: list[bool]) -> str:
     return hashlib.sha256("|".join(facts).encode()).hexdigest()[:20]
 
 
+def _read_cache(path: Path) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
 def cached_probe(precisions: list[str], layouts: list[bool]) -> dict[str, float]:
     if len(precisions) * len(layouts) == 1:
         return {f"{precisions[0]}/{'channels_last' if layouts[0] else 'nchw'}": 1.0}
     path, key = _cache_path(), _cache_key(precisions, layouts)
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache.get(key), dict):
-        return cache[key]
+    cached = _read_cache(path).get(key)
+    if isinstance(cached, dict):
+        return cached
     rates = probe(precisions, layouts)
     try:  # a cache we cannot write only costs the next job its probe
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,10 +230,7 @@ def cached_probe(precisions: list[str], layouts: list[bool]) -> dict[str, float]
             fcntl.flock(lock, fcntl.LOCK_EX)
             # First writer wins: jobs that probed at the same time (two test workers, two jobs on a
             # node) all take the rates already written, so every process on the machine decides alike.
-            try:
-                cache = json.loads(path.read_text())
-            except (OSError, ValueError):
-                cache = {}
+            cache = _read_cache(path)
             if isinstance(cache.get(key), dict):
                 return cache[key]
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
