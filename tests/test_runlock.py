@@ -94,9 +94,11 @@ def test_the_heartbeat_refreshes_the_lock_and_release_keeps_another_jobs_lock(tm
 def test_a_second_job_on_a_run_directory_in_use_is_refused_and_the_first_finishes_intact(tmp_path, demo_data):
     run = tmp_path / "run"
     args = [*FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "trainer.epochs=2"]
+    # 0.6 s per batch keeps the first job training for 16 s, well past the second's start-up and refusal
+    # even with another test worker on the same cores.
     first = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *args], cwd=REPO, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "PIPELINE_FAULT_SLOW_BATCH": "0.3"})
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "PIPELINE_FAULT_SLOW_BATCH": "0.6"})
     try:
         deadline = time.time() + 120
         while not (run / "metrics.jsonl").exists():
