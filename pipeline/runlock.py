@@ -98,8 +98,7 @@ class RunLock:
                 continue  # released (or moved aside) meanwhile: try again
             why = _why_gone(holder, age, self.me)
             if not why:
-                raise RunDirInUse(f"run directory {self.path.parent} is in use by {describe(holder)}; "
-                                  "pass another trainer.run_dir")
+                raise self._in_use(holder)
             aside = self.path.with_name(f"{LOCK_NAME}.stale.{self.me['host']}.{self.me['pid']}")
             try:
                 os.replace(self.path, aside)  # of racing successors, one moves the stale file
@@ -112,12 +111,15 @@ class RunLock:
                 except FileExistsError:
                     pass
                 aside.unlink(missing_ok=True)
-                raise RunDirInUse(f"run directory {self.path.parent} is in use by {describe(moved)}; "
-                                  "pass another trainer.run_dir")
+                raise self._in_use(moved)
             aside.unlink(missing_ok=True)
             message = f"run directory {self.path.parent}: took over the lock of {describe(holder)}: {why}"
         raise RunDirInUse(f"run directory {self.path.parent}: could not take its lock ({self.path}); "
                           "another job is starting there")
+
+    def _in_use(self, holder: dict) -> RunDirInUse:
+        return RunDirInUse(f"run directory {self.path.parent} is in use by {describe(holder)}; "
+                           "pass another trainer.run_dir")
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock, if it is still ours."""
