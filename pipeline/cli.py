@@ -113,6 +113,8 @@ COMMANDS = {
                lambda: _tool("export")),
     "predict": ("classify images with a trained model: top-k with class names, a table or JSON lines", False,
                 lambda: _tool("predict")),
+    "prepare": ("ImageNet from the official archives or Kaggle's copy, or any dataset, as folders or WebDataset "
+                "shards (resumable)", False, lambda: _tool("prepare")),
     "check-data": ("scan a dataset: classes, counts, undecodable files, empty classes", False,
                    lambda: _tool("check_data")),
     "bench": ("benchmarks: `pipeline bench train --help`, `pipeline bench data --help`", False,

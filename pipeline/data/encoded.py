@@ -14,6 +14,7 @@ from pipeline import faults
 from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
+from pipeline.data.shards import read_array
 
 
 @dataclass
@@ -48,7 +49,7 @@ class EncodedBatches:
                 path, label = self.samples[candidate]
                 size, problem = None, ""
                 try:
-                    encoded = np.fromfile(path, dtype=np.uint8)
+                    encoded = read_array(path)
                     problem = _container_problem(encoded)
                     if not problem and self.train:
                         size = _image_size(encoded)

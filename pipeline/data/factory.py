@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import DataConfig
-from pipeline.data.labels import check_num_classes
+from pipeline.data.labels import check_num_classes, display_names
 from pipeline.data.planned import TorchLoader
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.synthetic import SyntheticLoader
@@ -32,6 +32,8 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
     absent). num_classes: model.num_classes when set; every train label must fit it."""
     bundle = _build(cfg, placement, seed, num_classes)
     check_num_classes(bundle.num_classes, num_classes)
+    if cfg.dataset == "imagefolder" and bundle.backend != "synthetic":
+        bundle.classes = display_names(Path(cfg.path), bundle.classes)
     return bundle
 
 

@@ -5,6 +5,7 @@ Images leave the workers as uint8 CHW tensors; normalization happens on the devi
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pipeline.data.augment import random_resized_crop
 from pipeline.data import bad_images
 from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
+from pipeline.data.shards import ShardMember, is_shard_split, read_bytes, scan_shards
 from pipeline.data.types import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -61,7 +63,8 @@ def read_file_list(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
 
 def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str, int]]]]:
     """(classes, samples) of the train and val splits, from `data.train_list` / `data.val_list`
-    when given, else from the folders data.path/train and data.path/val, checked to agree."""
+    when given, else from data.path/train and data.path/val (class folders or WebDataset shards),
+    checked to agree."""
     root = Path(cfg.path)
     splits = {}
     for split, listed in (("train", cfg.train_list), ("val", cfg.val_list)):
@@ -69,12 +72,14 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str,
             splits[split] = read_file_list(Path(listed))
             continue
         if not (root / split).is_dir():
-            raise DataError(f"dataset split not found: {root / split} "
-                            f"(expected {root}/train/<class>/ and {root}/val/<class>/, or data.{split}_list)")
-        splits[split] = scan_folder(root / split)
+            raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and "
+                            f"{root}/val/<class>/, shards {root}/{split}/*.tar, or data.{split}_list)")
+        splits[split] = scan_shards(root / split) if is_shard_split(root / split) else scan_folder(root / split)
     (train_classes, train_samples), (val_classes, val_samples) = splits["train"], splits["val"]
-    if cfg.train_list or cfg.val_list:
-        sources = {split: f"data.{split}_list {listed}" if listed else f"folder {root / split}"
+    sharded = [split for split in splits if not getattr(cfg, f"{split}_list") and is_shard_split(root / split)]
+    if cfg.train_list or cfg.val_list or sharded:
+        sources = {split: f"data.{split}_list {listed}" if listed else
+                   f"{'shards' if split in sharded else 'folder'} {root / split}"
                    for split, listed in (("train", cfg.train_list), ("val", cfg.val_list))}
         check_split_labels({label for _, label in train_samples}, {label for _, label in val_samples}, sources,
                            cfg.val_subset)
@@ -91,9 +96,10 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str,
     return splits
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode any PIL-readable image (CMYK, grayscale, 16-bit, palette) to 8-bit RGB."""
-    with open(path, "rb") as fh:
+def load_rgb(path: str | ShardMember) -> Image.Image:
+    """Decode any PIL-readable image (CMYK, grayscale, 16-bit, palette) to 8-bit RGB: a file, or a
+    member of a shard."""
+    with (io.BytesIO(read_bytes(path)) if isinstance(path, ShardMember) else open(path, "rb")) as fh:
         img = Image.open(fh)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             img = img.point(lambda v: v / 256).convert("L")  # 16-bit: keep the top 8 bits

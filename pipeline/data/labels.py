@@ -8,6 +8,8 @@ fewer classes than train passes only with `data.val_subset=true`.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.data.types import DataError
 
 SUBSET_SETTING = "data.val_subset=true"
@@ -50,3 +52,24 @@ def check_num_classes(class_count: int, num_classes: int) -> None:
         raise DataError(f"the train split has labels up to {class_count - 1} ({class_count} classes) but "
                         f"model.num_classes={num_classes}: set model.num_classes={class_count} or more, or 0 to "
                         "take the count from the data")
+
+
+CLASS_WORDS_FILE = "classes.txt"  # "<wnid> <words>" per class, written by `pipeline prepare`
+
+
+def display_names(root: Path, classes: list[str]) -> list[str]:
+    """Readable class names for checkpoints, predict, the model card and export: "tench" for
+    n01440764 when root/classes.txt gives words for every class (its first synonym; a name two
+    classes share, such as ImageNet's two "crane"s, keeps its WNID: "crane (n02012849)")."""
+    path = root / CLASS_WORDS_FILE
+    if not path.is_file():
+        return classes
+    words = {}
+    for line in path.read_text().splitlines():
+        wnid, _, text = line.strip().partition(" ")
+        if text.strip():
+            words[wnid] = text.split(",")[0].strip()
+    if not all(c in words for c in classes):
+        return classes
+    names = [words[c] for c in classes]
+    return [f"{name} ({c})" if names.count(name) > 1 else name for name, c in zip(names, classes)]

@@ -71,18 +71,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backends", default="baseline,torchvision,dali")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the project's batches end")
+    p.add_argument("--shards", default="", help="the same dataset as WebDataset shards (pipeline prepare shards): "
+                                                "each project backend is also measured on it, in the same run")
 
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.workers))
     root = Path(args.dir)
     rows = []
+    sources = [("", root)] + ([("/shards", Path(args.shards))] if args.shards else [])
     for split in ("train", "val"):
-        for backend in args.backends.split(","):
+        runs = [(backend + suffix, folder) for backend in args.backends.split(",") for suffix, folder in sources
+                if not (backend == "baseline" and suffix)]
+        for backend, folder in runs:
             if backend == "baseline":
                 one_pass = _baseline(root, split, args.batch, args.workers, args.image_size)
             else:
-                one_pass = _project(root, split, args.batch, args.workers, args.image_size, backend,
+                one_pass = _project(folder, split, args.batch, args.workers, args.image_size, backend.split("/")[0],
                                     torch.device(args.device))
             one_pass()  # warm-up: page cache, worker start, pipeline build
             rates = []
@@ -94,12 +99,12 @@ def main(args: argparse.Namespace) -> int:
                          "min": min(rates), "max": max(rates)})
     print(f"{root}: batch {args.batch}, {args.workers} workers/threads, {args.image_size}px, device {args.device}, "
           f"median of {args.repeats} passes")
-    print(f"{'split':<6} {'backend':<12} {'img/s':>8} {'vs baseline':>12}   min..max")
+    print(f"{'split':<6} {'backend':<18} {'img/s':>8} {'vs baseline':>12}   min..max")
     for r in rows:
         base = next((b for b in rows if b["split"] == r["split"] and b["backend"] == "baseline"), None)
         r["ratio_vs_baseline"] = r["img_per_sec"] / base["img_per_sec"] if base else None
         ratio = f"{r['ratio_vs_baseline']:>11.2f}x" if base else f"{'-':>12}"
-        print(f"{r['split']:<6} {r['backend']:<12} {r['img_per_sec']:>8.1f} {ratio}   {r['min']:.0f}..{r['max']:.0f}")
+        print(f"{r['split']:<6} {r['backend']:<18} {r['img_per_sec']:>8.1f} {ratio}   {r['min']:.0f}..{r['max']:.0f}")
     print(json.dumps({"dir": str(root), "batch": args.batch, "workers": args.workers, "device": args.device,
                       "rows": rows}))
     return 0

@@ -1,7 +1,7 @@
 """`pipeline check-data DIR`: scan a dataset before a long job.
 
 Reports classes, images per class and split, empty class folders, class folders missing from one
-split, and files that do not decode (decoded in parallel with PIL, the torchvision backend's
+split, and files that do not decode (class folders, or WebDataset shards read through their index) (decoded in parallel with PIL, the torchvision backend's
 decoder). Exit code 1 when anything would stop or silently change a training run.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.data.folder import IMAGE_EXTENSIONS, load_rgb
+from pipeline.data.shards import is_shard_split, scan_shards
 
 
 @dataclass
@@ -32,10 +33,21 @@ def _decode_problem(path: str) -> str:
         return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
+def _scan_shard_split(root: Path, report: SplitReport) -> list:
+    """Counts per class of a shard split (classes from info.json, else the label numbers)."""
+    classes, samples = scan_shards(root)
+    for name in classes:
+        report.counts[name] = 0
+    for _, label in samples:
+        report.counts[classes[label]] += 1
+    report.empty_classes = [name for name, n in report.counts.items() if n == 0]
+    return [ref for ref, _ in samples]
+
+
 def scan_split(root: Path, workers: int) -> SplitReport:
     report = SplitReport(root.name)
-    files: list[str] = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    files: list = _scan_shard_split(root, report) if is_shard_split(root) else []
+    for entry in sorted(os.scandir(root) if not files else [], key=lambda e: e.name):
         if not entry.is_dir():
             continue
         images = []

@@ -22,6 +22,7 @@ import torch
 
 from pipeline.data.folder import _DECODE_ERRORS, IMAGE_EXTENSIONS, ValTransform, load_rgb
 from pipeline.data.normalize import PixelNormalizer
+from pipeline.data.shards import ShardMember, shard_images
 from pipeline.numerics import Numerics, choose
 from pipeline.trained import load_trained
 
@@ -30,7 +31,7 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a run directory, a step-*.pt file or a ds-step-* folder")
-    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("images", nargs="+", help="image files, folders (searched recursively) or WebDataset shards (.tar)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch", type=int, default=None, help="default: the run's validation batch size")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a table")
@@ -40,12 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run: the run's trainer.precision (default); fp32 for plain fp32 arithmetic")
 
 
-def _files(specs: list[str]) -> list[Path]:
-    files = []
+def _files(specs: list[str]) -> list:
+    """Image files, and the images inside WebDataset shards (.tar files, read through their index)."""
+    files: list = []
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
             files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            for tar in sorted(path.rglob("*.tar")):
+                files += shard_images(tar)
+        elif path.suffix == ".tar" and path.is_file():
+            files += shard_images(path)
         else:
             files.append(path)  # a missing or odd file is reported when it is read
     return files
@@ -94,7 +100,7 @@ def main(args: argparse.Namespace) -> int:
 
     for path in _files(args.images):
         try:
-            image = transform(load_rgb(str(path)), 0)
+            image = transform(load_rgb(path if isinstance(path, ShardMember) else str(path)), 0)
         except _DECODE_ERRORS as exc:
             print(f"error: cannot read image {path}: {exc}", file=sys.stderr, flush=True)
             failed += 1

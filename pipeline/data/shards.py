@@ -1,0 +1,226 @@
+"""WebDataset shards read by random access: `train/*.tar` and `val/*.tar`, each with a DALI index.
+
+A sample is the run of tar members sharing a key (WebDataset's rule: the member name up to the
+first dot of its last component); it needs an image (`.jpg`, `.jpeg`, `.png`, `.webp`) and a `.cls`
+(the class index as ASCII digits). The index of each tar is in DALI's `wds2idx` format (`v1.2 N`,
+then per sample `<ext> <data offset> <size> <member>` for each component). A missing index is built
+once from the tar headers and written beside the tar, or, when the folder is read-only, to the
+user cache (`PIPELINE_CACHE_DIR`, default ~/.cache/resnet-pipeline).
+
+Images are read with `os.pread` at the index's offsets through one descriptor per shard and
+process: one open per shard, not per image, and no shared file position between loader threads.
+Samples are ordered by (label, key) whatever order the tars hold them in, which is the folder
+layout's order (class folders sorted, files sorted): the same samples give the same batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from pipeline.data.types import DataError
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+INFO_FILE = "info.json"
+INDEX_VERSION = "v1.2"
+MAX_OPEN_SHARDS = 768  # below the usual 1,024 descriptors per process, with room for the rest
+
+
+class ShardMember(NamedTuple):
+    """Where one sample's encoded image lies: a byte range of a tar file."""
+
+    tar: str
+    offset: int
+    size: int
+    name: str
+
+    def __str__(self) -> str:  # how error lines name the image
+        return f"{self.tar}:{self.name}"
+
+
+_open: dict[str, int] = {}
+OPENED = {"shards": 0}  # shard files opened by this process (tests check: one per shard)
+
+
+def _shard_fd(tar: str) -> int:
+    fd = _open.get(tar)
+    if fd is None:
+        if len(_open) >= MAX_OPEN_SHARDS:  # more shards than descriptors: close the oldest
+            os.close(_open.pop(next(iter(_open))))
+        fd = _open[tar] = os.open(tar, os.O_RDONLY)
+        OPENED["shards"] += 1
+    return fd
+
+
+def read_array(ref: str | ShardMember) -> np.ndarray:
+    """The encoded bytes of a sample as a writable uint8 array (what DALI's external_source takes):
+    a whole file, or a member of a shard read by offset straight into the array."""
+    if not isinstance(ref, ShardMember):
+        return np.fromfile(ref, dtype=np.uint8)
+    data = np.empty(ref.size, dtype=np.uint8)
+    got = os.preadv(_shard_fd(ref.tar), [data], ref.offset)
+    if got != ref.size:
+        raise OSError(f"shard ends inside {ref.name} (read {got} of {ref.size} bytes)")
+    return data
+
+
+def read_bytes(ref: str | ShardMember) -> bytes:
+    if not isinstance(ref, ShardMember):
+        with open(ref, "rb") as fh:
+            return fh.read()
+    return read_array(ref).tobytes()
+
+
+def sample_key(member_name: str) -> tuple[str, str]:
+    """(key, extension) by the WebDataset rule: the key ends at the first dot of the last component."""
+    folder, _, base = member_name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def scan_tar(tar_path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """Samples of a tar from its headers: per sample, its components (ext, data offset, size, name)."""
+    samples: list[list[tuple[str, int, int, str]]] = []
+    last_key = None
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = sample_key(member.name)
+                if key != last_key:
+                    samples.append([])
+                    last_key = key
+                samples[-1].append((ext, member.offset_data, member.size, member.name))
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"cannot read shard {tar_path}: {exc}") from None
+    return samples
+
+
+def index_text(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in parts) for parts in samples]
+    return "\n".join(lines) + "\n"
+
+
+def parse_index(text: str, where: Path) -> list[list[tuple[str, int, int, str]]]:
+    lines = text.splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] not in ("v1.1", "v1.2") or not head[1].isdigit():
+        raise DataError(f"index {where} is not a DALI webdataset index (first line {lines[:1]!r})")
+    samples = []
+    for number, line in enumerate(lines[1:], 2):
+        words = line.split()
+        if len(words) % 4 or not words:
+            raise DataError(f"index {where} line {number}: expected '<ext> <offset> <size> <name>' groups")
+        samples.append([(words[i], int(words[i + 1]), int(words[i + 2]), words[i + 3]) for i in range(0, len(words), 4)])
+    if len(samples) != int(head[1]):
+        raise DataError(f"index {where} lists {len(samples)} samples, its header says {head[1]}")
+    return samples
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PIPELINE_CACHE_DIR") or Path.home() / ".cache" / "resnet-pipeline")
+
+
+def _cached_name(tar_path: Path, suffix: str) -> Path:
+    """A cache file for a read-only shard, keyed by its absolute path, size and mtime."""
+    stat = tar_path.stat()
+    key = hashlib.sha1(f"{tar_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_dir() / "wds-index" / f"{tar_path.stem}-{key}{suffix}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def shard_index(tar_path: Path) -> list[list[tuple[str, int, int, str]]]:
+    """The tar's index: `<name>.idx` beside it, else a cached one, else built once and saved."""
+    beside = tar_path.with_suffix(".idx")
+    if beside.is_file():
+        return parse_index(beside.read_text(), beside)
+    cached = _cached_name(tar_path, ".idx")
+    if cached.is_file():
+        return parse_index(cached.read_text(), cached)
+    samples = scan_tar(tar_path)
+    text = index_text(samples)
+    for target in (beside, cached):
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, text)
+            break
+        except OSError:  # a read-only data folder: fall back to the user cache
+            continue
+    return samples
+
+
+def shard_images(tar_path: Path) -> list[ShardMember]:
+    """The image of each sample of one shard, in tar order (for predict on shards)."""
+    members = []
+    for parts in shard_index(tar_path):
+        members += [ShardMember(str(tar_path), offset, size, name) for ext, offset, size, name in parts
+                    if ext in IMAGE_EXTS][:1]
+    return members
+
+
+def read_info(split_dir: Path) -> dict:
+    path = split_dir / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+
+
+def is_shard_split(split_dir: Path) -> bool:
+    return split_dir.is_dir() and any(split_dir.glob("*.tar"))
+
+
+def _labels(tar_path: Path, samples, info: dict) -> list[int]:
+    """Each sample's class: from info.json when it describes this very tar, else its `.cls` member."""
+    listed = {s["name"]: s for s in info.get("shards", [])}.get(tar_path.name)
+    if listed and listed.get("bytes") == tar_path.stat().st_size and len(listed.get("labels", [])) == len(samples):
+        return [int(label) for label in listed["labels"]]
+    labels = []
+    for parts in samples:
+        cls = [p for p in parts if p[0] == "cls"]
+        if not cls:
+            raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no .cls member")
+        text = read_bytes(ShardMember(str(tar_path), cls[0][1], cls[0][2], cls[0][3])).strip()
+        if not text.isdigit():
+            raise DataError(f"shard {tar_path}: {cls[0][3]} holds {text[:20]!r}, not a class index")
+        labels.append(int(text))
+    return labels
+
+
+def scan_shards(split_dir: Path) -> tuple[list[str], list[tuple[ShardMember, int]]]:
+    """(classes, samples) of a shard split, samples ordered by (label, key)."""
+    tars = sorted(split_dir.glob("*.tar"))
+    if not tars:
+        raise DataError(f"no shards (*.tar) in {split_dir}")
+    info = read_info(split_dir)
+    keyed = []
+    for tar_path in tars:
+        samples = shard_index(tar_path)
+        for parts, label in zip(samples, _labels(tar_path, samples, info)):
+            images = [p for p in parts if p[0] in IMAGE_EXTS]
+            if not images:
+                raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no image "
+                                f"(expected one of .{', .'.join(IMAGE_EXTS)})")
+            _, offset, size, name = images[0]
+            keyed.append((label, sample_key(name)[0], ShardMember(str(tar_path), offset, size, name)))
+    keyed.sort(key=lambda item: item[:2])
+    if not keyed:
+        raise DataError(f"the shards in {split_dir} hold no samples")
+    classes = info.get("classes") or [str(i) for i in range(keyed[-1][0] + 1)]
+    if keyed[-1][0] >= len(classes):
+        raise DataError(f"{split_dir / INFO_FILE} names {len(classes)} classes but a sample has label {keyed[-1][0]}")
+    return list(classes), [(member, label) for label, _, member in keyed]
