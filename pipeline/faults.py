@@ -9,6 +9,7 @@ Off unless a PIPELINE_FAULT_* variable is set; each check is a dict lookup on th
                                            before the rename (a reliable window to kill the writer)
   PIPELINE_FAULT_CHECKPOINT_ERRNO=n        fail checkpoint writes with OSError(n) (28 = ENOSPC)
   PIPELINE_FAULT_SLOW_BATCH=s              sleep s seconds in each training batch fetch (a starved loader)
+  PIPELINE_FAULT_SLOW_PREPARE=s            sleep s seconds per image `pipeline prepare` writes (a window to kill it)
   PIPELINE_FAULT_DATA_SOURCE_AT=k          raise in DALI's file source when it reads its k-th batch
                                            (counted per process; a failing reader thread)
 """
@@ -46,6 +47,11 @@ def slow_batch() -> None:
 def nan_loss(step: int) -> bool:
     k = _step_var("PIPELINE_FAULT_NAN_FROM_STEP")
     return k is not None and step >= k
+
+
+def prepare_image() -> None:
+    if "PIPELINE_FAULT_SLOW_PREPARE" in _ENV:
+        time.sleep(float(_ENV["PIPELINE_FAULT_SLOW_PREPARE"]))
 
 
 def checkpoint_written() -> None:

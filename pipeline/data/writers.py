@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline import faults
 from pipeline.data.archives import Item
 from pipeline.data.shards import index_text, read_bytes, scan_tar, write_atomic
 
@@ -77,6 +78,7 @@ def write_folder_unit(out: Path, classes: list[str], unit: FolderUnit) -> tuple[
         data, was_fixed = normalized_image(read_bytes(item.ref))
         tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
         tmp.write_bytes(data)
+        faults.prepare_image()
         os.replace(tmp, target)
         written += 1
         fixed += was_fixed
@@ -123,6 +125,7 @@ def write_shard(out: Path, unit: ShardUnit) -> tuple[int, int]:
         for item in unit.items:
             data, was_fixed = normalized_image(read_bytes(item.ref))
             fixed += was_fixed
+            faults.prepare_image()
             label = str(item.label).encode()
             tar.addfile(_member(f"{item.key}.cls", len(label)), io.BytesIO(label))
             tar.addfile(_member(f"{item.key}.jpg", len(data)), io.BytesIO(data))

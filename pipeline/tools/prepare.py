@@ -126,33 +126,35 @@ def prepare(data: Dataset, out: Path, fmt: str, workers: int, shard_bytes: int) 
     if fmt == "folder":
         units = [writers.FolderUnit(split, items[i:i + FOLDER_UNIT])
                  for split, items in data.splits.items() for i in range(0, len(items), FOLDER_UNIT)]
-        todo = [u for u in units if not all(writers.folder_path(out, u.split, data.classes[it.label], it.key).exists()
-                                            for it in u.items)]
+        missing = {id(u): sum(not writers.folder_path(out, u.split, data.classes[it.label], it.key).exists()
+                              for it in u.items) for u in units}
         work = (writers.write_folder_unit, out, data.classes)
     else:
         units = [u for split, items in data.splits.items()
                  for u in writers.plan_shards(split, items, [_size(it.ref) for it in items], shard_bytes)]
-        todo = [u for u in units if not writers.shard_done(out, u)]
+        missing = {id(u): 0 if writers.shard_done(out, u) else len(u.items) for u in units}
         work = (writers.write_shard, out)
-    written, fixed = _run(work, todo, sum(len(u.items) for u in units), workers)
+    todo = [u for u in units if missing[id(u)]]
+    written, fixed = _run(work, todo, [missing[id(u)] for u in todo], sum(len(u.items) for u in units), workers)
     if fmt == "shards":
         for split in data.splits:
             _write_info(out / split, split, data.classes, [u for u in units if u.split == split])
     return written, fixed
 
 
-def _run(work: tuple, todo: list, total: int, workers: int) -> tuple[int, int]:
-    done_before = total - sum(len(u.items) for u in todo)
+def _run(work: tuple, todo: list, todo_images: list[int], total: int, workers: int) -> tuple[int, int]:
+    """Write the units in `todo` (todo_images: images each still lacks) over `workers` processes."""
+    done_before = total - sum(todo_images)
     written = fixed = 0
     start = time.monotonic()
     function, *fixed_args = work
     with tqdm(total=total, initial=done_before, unit="img", file=sys.stderr, mininterval=1 if sys.stderr.isatty() else 30,
               desc="prepare") as bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(function, *fixed_args, unit): unit for unit in todo}
+        futures = {pool.submit(function, *fixed_args, unit): n for unit, n in zip(todo, todo_images)}
         for future in as_completed(futures):
             n, f = future.result()
             written, fixed = written + n, fixed + f
-            bar.update(len(futures[future].items))
+            bar.update(futures[future])
     seconds = time.monotonic() - start
     print(f"prepare: {written:,} images in {seconds:.1f} s ({written / max(seconds, 1e-9):,.0f} img/s), "
           f"{fixed} re-encoded to RGB JPEG, {done_before:,} already done", file=sys.stderr, flush=True)
