@@ -73,6 +73,9 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN  # per-channel normalization mean, fractions of 255
     std: tuple[float, float, float] = IMAGENET_STD  # per-channel normalization std, fractions of 255
     workers: int = 2  # loader processes per rank (torchvision) / threads (DALI)
+    # DALI: Python worker processes that read and check the encoded files (parallel external
+    # source). 0: the training process reads them before each iteration, which blocks its loop.
+    dali_feed_workers: int = 0
     cifar_holdout: int = 0  # >0: validate on the last N training images (paper: 5000), not the test set
     synthetic_samples: int = 1024  # per epoch, per rank, for dataset=synthetic
     # What a corrupt or unreadable image does during training: "fail" stops with its path,

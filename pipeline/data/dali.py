@@ -82,31 +82,40 @@ def resize_normalize(images, cfg: DataConfig, op_device: str, layout: str, antia
                                     **({"mirror": mirror} if mirror is not None else {}))
 
 
+def file_source(source, dtypes: list, parallel: bool):
+    """The encoded bytes and their per-sample data, from `EncodedBatches`: called in this process
+    before each iteration, or with `parallel` in DALI's Python worker processes, which read and
+    check the files of the next batches while this process trains (one batch per call, by index)."""
+    return fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes,
+                              **({"parallel": True, "batch_info": True} if parallel else {}))
+
+
 @pipeline_def
-def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool):
+def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
+                   parallel: bool = False):
     """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
     and flips come from the source with the bytes, so the graph itself draws no random numbers.
 
     Without `resize_in_dali` the graph ends at the decoded crops and each sample's flip decision,
-    and `TorchResize` does the rest (the CPU default).
+    and `TorchResize` does the rest (the CPU default). The last output flags replaced files.
     """
-    jpegs, labels, start, shape, mirror = fn.external_source(
-        source=source, num_outputs=5, batch=True,
-        dtype=[types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32])
+    jpegs, labels, start, shape, mirror, replaced = file_source(
+        source, [types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32, types.INT32], parallel)
     images = window_crops(jpegs, start, shape, decode_device)
     if resize_in_dali:
-        return resize_normalize(images, cfg, op_device, layout, cfg.train_antialias, mirror), labels
-    return images, labels, mirror
+        return resize_normalize(images, cfg, op_device, layout, cfg.train_antialias, mirror), labels, replaced
+    return images, labels, replaced, mirror
 
 
 @pipeline_def
-def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool):
+def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
+                 parallel: bool = False):
     """The center crop decoded alone, resized to image_size, normalized."""
-    jpegs, labels = fn.external_source(source=source, num_outputs=2, batch=True, dtype=[types.UINT8, types.INT64])
+    jpegs, labels, replaced = file_source(source, [types.UINT8, types.INT64, types.INT32], parallel)
     images = center_crops(jpegs, cfg, decode_device)
     if resize_in_dali:
-        return resize_normalize(images, cfg, op_device, layout, antialias=True), labels
-    return images, labels
+        return resize_normalize(images, cfg, op_device, layout, antialias=True), labels, replaced
+    return images, labels, replaced
 
 
 class TorchResize:
@@ -179,11 +188,16 @@ class DaliLoader(PlannedLoader):
         build = train_pipeline if self.train else val_pipeline
         self._source = EncodedBatches(self.samples, self.plan.batches(self._epoch, start), self.cfg, self.train,
                                        self.bad_files)
-        return build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
-                     layout=self.layout, resize_in_dali=self.torch_resize is None,
+        workers = self.cfg.dali_feed_workers
+        feed = {"py_num_workers": workers, "py_start_method": _start_method()} if workers else {}
+        pipe = build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
+                     layout=self.layout, resize_in_dali=self.torch_resize is None, parallel=workers > 0,
                      batch_size=self.plan.batch_size, num_threads=max(1, self.cfg.workers),
                      device_id=_dali_device_id(self.placement.device),
-                     prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True)
+                     prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True, **feed)
+        if workers:
+            pipe.start_py_workers()
+        return pipe
 
     def _pass(self, start: int):
         """(images, labels) batches of one pipeline, from `start` to the end of the pass."""
@@ -191,15 +205,17 @@ class DaliLoader(PlannedLoader):
         if self.torch_resize is None:
             # DALIGenericIterator copies each batch into torch memory (device memory on GPU)
             # without a host round trip; the pass ends when the source raises StopIteration.
-            for out in DALIGenericIterator([pipe], ["images", "labels"], auto_reset=False):
+            for out in DALIGenericIterator([pipe], ["images", "labels", "replaced"], auto_reset=False):
+                self.replaced_images += int(out[0]["replaced"].sum())
                 yield self._to_torch(out[0]["images"]), out[0]["labels"].to(self.placement.device, non_blocking=True).view(-1)
             return
         pipe.build()
         while True:
             try:
-                crops, labels, *mirror = pipe.run()
+                crops, labels, replaced, *mirror = pipe.run()
             except StopIteration:
                 return
+            self.replaced_images += int(np.asarray(replaced.as_tensor()).sum())
             flips = np.asarray(mirror[0].as_tensor()) if mirror else None
             yield self.torch_resize(crops, flips), torch.from_numpy(np.array(labels.as_tensor())).view(-1)
 
@@ -207,16 +223,19 @@ class DaliLoader(PlannedLoader):
         step = self._start
         while True:
             try:
-                for position, (images, labels) in enumerate(self._pass(step)):
+                for images, labels in self._pass(step):
                     step += 1
-                    self.replaced_images += self._source.replaced_per_batch[position]
                     yield images, labels
                 if self._source.error:
                     raise DataError(self._source.error)
                 return
-            except RuntimeError as exc:
+            except Exception as exc:  # noqa: BLE001 - DALI re-raises its feed workers' errors as Exception
                 if self._source.error:
                     raise DataError(self._source.error) from None
+                if isinstance(exc, DataError):
+                    raise
+                if worker_error := _worker_data_error(exc):  # a feed worker's pre-decode check, under fail
+                    raise DataError(worker_error) from None
                 bad = self._find_bad(step)
                 if not bad:  # not a file: the pipeline itself failed (an operator, or the source callback)
                     where = "a DALI operator" if "operator" in str(exc).lower() else \
@@ -246,10 +265,22 @@ class DaliLoader(PlannedLoader):
         return images
 
 
+def _start_method() -> str:
+    """fork is cheap, but a forked CUDA context is unusable: once CUDA is up, the workers are spawned."""
+    return "spawn" if torch.cuda.is_initialized() else "fork"
+
+
 def _resize_in_torch(cfg: DataConfig, device: torch.device) -> bool:
     if cfg.dali_resize == "torch" and device.type == "cuda":
         raise DataError("data.dali_resize=torch works on CPU only; on a GPU DALI resizes on the GPU (use auto or dali)")
     return cfg.dali_resize == "torch" or (cfg.dali_resize == "auto" and device.type == "cpu")
+
+
+def _worker_data_error(exc: Exception) -> str:
+    """The DataError line inside a parallel feed worker's traceback, as DALI passes it on."""
+    marker = "DataError: "
+    lines = [ln.strip() for ln in str(exc).splitlines() if marker in ln]
+    return lines[-1].split(marker, 1)[1] if lines else ""
 
 
 def _reason(exc: Exception) -> str:

@@ -15,6 +15,7 @@ from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data.shards import read_array
+from pipeline.data.types import DataError
 
 
 @dataclass
@@ -23,25 +24,28 @@ class EncodedBatches:
     training also each sample's crop window and flip, from its seed (`augment`).
 
     Unreadable files are replaced by the shared rule (`bad_images`): files known bad (`known_bad`,
-    shared with the loader) are passed over, others fail a cheap pre-decode check here."""
+    shared with the loader) are passed over, others fail a cheap pre-decode check here. The last
+    output flags each sample whose file was replaced.
+
+    DALI calls it with the iteration index, in the training process before each iteration (its
+    default), or with a BatchInfo in the parallel external-source workers (`data.dali_feed_workers`).
+    Either way it serves the batch of that iteration and holds no state a worker would have to share."""
 
     samples: list[tuple[str, int]]
     batches: list[list[tuple[int, int]]]
     cfg: DataConfig
     train: bool
     known_bad: set = field(default_factory=set)  # indices of files that do not decode
-    position: int = 0
     error: str = ""  # set when a file fails the pre-decode check under on_bad_image=fail
-    replaced_per_batch: list = field(default_factory=list)  # samples whose file was replaced, per batch
 
-    def __call__(self):
-        if self.position >= len(self.batches):
+    def __call__(self, info):
+        in_worker = not isinstance(info, int)
+        position = info.iteration if in_worker else info
+        if position >= len(self.batches):
             raise StopIteration
-        batch = self.batches[self.position]
-        self.position += 1
+        batch = self.batches[position]
         faults.data_source_batch()
-        data, labels, starts, shapes, flips = [], [], [], [], []
-        replaced = 0
+        data, labels, starts, shapes, flips, flags = [], [], [], [], [], []
         for index, seed in batch:
             for candidate in bad_images.candidates(index, len(self.samples)):
                 if candidate in self.known_bad:
@@ -62,10 +66,12 @@ class EncodedBatches:
                 # pipeline unusable, a Python error is reported cleanly.
                 if self.cfg.on_bad_image == "fail":
                     self.error = bad_images.failure_message(path, problem)
+                    if in_worker:  # its exception reaches the training process
+                        raise DataError(self.error)
                     raise StopIteration
                 bad_images.report(path, problem, self.cfg.on_bad_image)
                 self.known_bad.add(candidate)
-            replaced += candidate != index
+            flags.append(np.array(int(candidate != index), dtype=np.int32))
             data.append(encoded)
             labels.append(np.array(label, dtype=np.int64))
             if self.train:
@@ -73,8 +79,7 @@ class EncodedBatches:
                 starts.append(np.array([w.left, w.top], dtype=np.int32))
                 shapes.append(np.array([w.width, w.height], dtype=np.int32))
                 flips.append(np.array(w.flip, dtype=np.int32))
-        self.replaced_per_batch.append(replaced)
-        return (data, labels, starts, shapes, flips) if self.train else (data, labels)
+        return (data, labels, starts, shapes, flips, flags) if self.train else (data, labels, flags)
 
 
 def _image_size(encoded: np.ndarray) -> tuple[int, int] | None:

@@ -57,6 +57,12 @@ def _shard_fd(tar: str) -> int:
     return fd
 
 
+def close_shards() -> None:
+    """Close the descriptors this process keeps open on shards."""
+    while _open:
+        os.close(_open.popitem()[1])
+
+
 def read_array(ref: str | ShardMember) -> np.ndarray:
     """The encoded bytes of a sample as a writable uint8 array (what DALI's external_source takes):
     a whole file, or a member of a shard read by offset straight into the array."""
