@@ -295,6 +295,27 @@ class Check:
                 f"{runs['dali']['train/data_wait']:.3f}, peak {runs['dali']['peak_memory_gib']} GiB "
                 "(targets on a GPU: >= 0.95x, wait < 0.03)")
 
+    def step_dali_shards_and_feed(self) -> str:
+        """The same JPEGs as WebDataset shards through DALI's decoder (mixed on a GPU), against the
+        folder in the same run, and the DALI feed at 0 (in process), 2 and 4 parallel workers."""
+        self._need_dali()
+        shards = self.work / "shards"
+        self.cli("prepare", "shards", str(self.jpegs), "--out", str(shards), "--workers", str(self.workers),
+                 "--shard-mb", "8" if self.dry else "256")
+        device = "cpu" if self.dry else "cuda"
+        proc = self.cli("bench", "data", str(self.jpegs), "--shards", str(shards), "--device", device,
+                        "--batch", "16" if self.dry else "256", "--workers", str(self.workers),
+                        "--repeats", "1" if self.dry else "3", "--backends", "dali",
+                        *(["--image-size", "64"] if self.dry else []))
+        rates = {(r["split"], r["backend"]): r["img_per_sec"] for r in json.loads(proc.stdout.strip().splitlines()[-1])["rows"]}
+        feed = self.cli(str(shards), "--batch", "16" if self.dry else "256", "--passes", "1" if self.dry else "3",
+                        "--workers", "0,2" if self.dry else "0,2,4", script=str(REPO / "bench" / "dali_feed_rate.py"))
+        feed_rates = [line.split(": ")[1].split(" img/s")[0] + " img/s (" + line.split("DALI source, ")[1].split(":")[0] + ")"
+                      for line in feed.stdout.splitlines() if line.startswith("DALI source")]
+        return (f"DALI {device} train: folder {rates[('train', 'dali')]:.0f} img/s, shards "
+                f"{rates[('train', 'dali/shards')]:.0f}; val: folder {rates[('val', 'dali')]:.0f}, shards "
+                f"{rates[('val', 'dali/shards')]:.0f}; feed on shards: " + ", ".join(feed_rates))
+
     def step_torchvision_gpu_decode(self) -> str:
         if self.dry:
             raise Skip("decode_jpeg(device='cuda') needs a GPU")
@@ -303,7 +324,7 @@ class Check:
 
     STEPS = ("environment", "bench_train", "bench_train_compiled", "cuda_graphs_match_eager", "fp16_gradscaler",
              "syncbn_one_process_nccl", "deepspeed_zero1", "deepspeed_zero2", "checkpoint_kill_resume_eval",
-             "dali_pipeline_alone", "dali_vs_synthetic", "torchvision_gpu_decode")
+             "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "torchvision_gpu_decode")
 
     def run(self, only: list[str]) -> int:
         for name in self.STEPS:

@@ -180,3 +180,30 @@ def test_training_on_prepared_shards_equals_the_hand_built_folder(demo_data, tmp
     assert "pattern" in (tmp_path / "run-shards" / "MODEL_CARD.md").read_text()
     check = run_cli("check-data", str(tmp_path / "s"), quick=True)
     assert check.returncode == 0 and "val: 10 classes, 130 images" in check.stdout
+
+
+def test_shards_resume_mid_epoch_and_split_validation_like_the_folder(demo_data, tmp_path):
+    """Resume at step 9 of an epoch, and validation over 2 and 3 ranks: the folder's batches exactly."""
+    assert cli_main(["prepare", "shards", str(demo_data), "--out", str(tmp_path / "s"), "--workers", "1",
+                     "--shard-mb", "0.3"]) == 0
+
+    def loader(path, split, rank=0, world=1):
+        cfg = load_config(None, [f"data.path={path}", "data.backend=dali", "data.batch_size=16", "data.workers=1",
+                                 "data.image_size=32", "data.make_demo=false"])
+        return getattr(build_data(cfg.data, Placement(torch.device("cpu"), False, rank, world), seed=3), split)
+
+    whole, resumed = loader(demo_data, "train"), loader(tmp_path / "s", "train")
+    whole.set_epoch(2)
+    resumed.set_epoch(2, 9)
+    expected = list(whole)[9:]
+    got = list(resumed)
+    assert len(got) == len(expected) == 16
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got))
+    for world in (2, 3):
+        labels = {"folder": [], "shards": []}
+        for rank in range(world):
+            for name, path in (("folder", demo_data), ("shards", tmp_path / "s")):
+                val = loader(path, "val", rank, world)
+                val.set_epoch(0)
+                labels[name] += [int(y) for _, batch in val for y in batch]
+        assert labels["shards"] == labels["folder"] and len(labels["shards"]) == 130
