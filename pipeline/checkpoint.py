@@ -77,9 +77,8 @@ _DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
                       "deepspeed.utils.tensor_fragment.fragment_address")
 
 
-def verify_deepspeed_files(tag_dir: Path) -> None:
-    """Every file of a DeepSpeed tag must load weights-only (DeepSpeed itself loads them with
-    weights_only=False, which would run a hostile pickle's code)."""
+def deepspeed_safe_globals() -> list:
+    """The DeepSpeed classes above, imported (those this DeepSpeed version has)."""
     import importlib
 
     allowed = []
@@ -89,10 +88,16 @@ def verify_deepspeed_files(tag_dir: Path) -> None:
             allowed.append(getattr(importlib.import_module(module), cls))
         except (ImportError, AttributeError):
             pass
+    return allowed
+
+
+def verify_deepspeed_files(tag_dir: Path) -> None:
+    """Every file of a DeepSpeed tag must load weights-only (DeepSpeed itself loads them with
+    weights_only=False, which would run a hostile pickle's code)."""
     files = sorted(Path(tag_dir).glob("*.pt"))
     if not files:
         raise CheckpointError(f"checkpoint {tag_dir} holds no DeepSpeed files")
-    with torch.serialization.safe_globals(allowed):
+    with torch.serialization.safe_globals(deepspeed_safe_globals()):
         for path in files:
             _load_file(path)
 

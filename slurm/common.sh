@@ -54,7 +54,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   if [ -z "${SLURM_JOB_ID:-}" ]; then
     # Outside an allocation: the job would get what its #SBATCH lines ask for.
     sbatch_value() { grep -m 1 -E "^#SBATCH --$1=" "$JOB_SCRIPT" | sed -E "s/^#SBATCH --$1=//" || true; }
-    nodes="$(sbatch_value nodes)"; nodes="${nodes:-1}"
+    nodes="$(sbatch_value nodes)"; nodes="${nodes:-1}"; nodes="${nodes##*-}"  # MIN-MAX: plan at MAX
     requested_gpus="$(sbatch_value gpus-per-node)"
     nproc_per_node="${NPROC_PER_NODE:-${requested_gpus:-1}}"
     train_cmd[1]="--ntasks-per-node=$nproc_per_node"

@@ -14,8 +14,8 @@ from tests.helpers import FAST, REPO, run_cli
 pytestmark = pytest.mark.slow
 
 
-def torchrun(nproc: int, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def torchrun(nproc: int, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "pipeline", *args, "distributed.timeout_s=120"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)

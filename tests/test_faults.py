@@ -73,8 +73,10 @@ def test_dead_loader_worker_is_named_and_a_restart_resumes(tmp_path, demo_data):
     run_cli("train", *args, f"trainer.run_dir={straight}", check=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "--max-restarts=1",
            "-m", "pipeline", "train", *args, f"trainer.run_dir={faulty}"]
-    job = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    # 0.1 s per batch (50 batches): the kill lands mid-training even on a loaded machine, not after
+    # the last step, where no step is left to name (seen once in CI with the suite beside other work).
+    job = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1", "PIPELINE_FAULT_SLOW_BATCH": "0.1"},
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, victim = time.time() + 300, None
     while time.time() < deadline and victim is None:  # a checkpoint on disk, then one loader worker killed
         if ckpt.list_checkpoints(faulty) and len(read_metrics(faulty)) >= 2:

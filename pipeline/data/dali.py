@@ -175,7 +175,8 @@ class DaliLoader(PlannedLoader):
     def __init__(self, split: tuple[list[str], list[tuple[str, int]]], cfg: DataConfig, placement: Placement,
                  batch_size: int, seed: int, train: bool) -> None:
         self.classes, self.samples = split
-        super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed),
+        super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed,
+                                   accumulation=placement.accumulation if train else 1),
                          len(self.samples))
         self.cfg, self.placement, self.train = cfg, placement, train
         self.layout = "HWC" if placement.channels_last else "CHW"

@@ -23,8 +23,11 @@ class ShardPlan:
     """Which samples one rank sees in one epoch.
 
     Training (`train=True`) shuffles with a generator seeded by (seed, epoch), pads the order to a
-    multiple of world_size * batch_size by wrapping (so every rank runs the same number of steps,
-    which DDP needs) and drops nothing. Validation keeps the natural order and gives rank r the
+    multiple of the global batch (world_size * batch_size * accumulation) by wrapping (so every rank
+    runs the same number of steps, which DDP needs, and every optimizer step is whole) and drops
+    nothing. Rank r takes order[r::world]: after k optimizer steps exactly order[:k * global batch]
+    is used, whatever the world size, so an epoch can go on at another size with the same global
+    batch (pipeline/training/elastic.py). Validation keeps the natural order and gives rank r the
     indices r, r+world, ... with no padding: every image is seen exactly once across ranks.
     """
 
@@ -35,6 +38,7 @@ class ShardPlan:
     train: bool
     seed: int = 0
     drop_last: bool = False  # train: drop the incomplete global batch instead of wrapping around
+    accumulation: int = 1  # train: micro-batches per optimizer step (optim.accumulation)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -43,10 +47,9 @@ class ShardPlan:
     def steps_per_epoch(self) -> int:
         if not self.train:
             return -(-len(range(self.rank, self.num_samples, self.world_size)) // self.batch_size)
-        global_batch = self.world_size * self.batch_size
-        if self.drop_last:
-            return max(1, self.num_samples // global_batch)
-        return -(-self.num_samples // global_batch)
+        global_batch = self.world_size * self.batch_size * self.accumulation
+        steps = max(1, self.num_samples // global_batch) if self.drop_last else -(-self.num_samples // global_batch)
+        return steps * self.accumulation  # micro-batches
 
     def indices(self, epoch: int) -> list[int]:
         if not self.train:

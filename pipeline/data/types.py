@@ -36,6 +36,9 @@ class Placement:
     channels_last: bool
     rank: int = 0
     world_size: int = 1
+    # Micro-batches per optimizer step: the train order is padded to whole global batches, so the
+    # data position after k steps is the same at any world size with the same global batch.
+    accumulation: int = 1
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline import faults
 from pipeline.config import RootConfig
+from pipeline.engines import zero_reshard
 from pipeline.runtime import Runtime
 
 
@@ -130,6 +131,15 @@ class DeepSpeedEngine:
         loaded weights-only here (`checkpoint.verify_deepspeed_files`), so a pickle that would run
         code is refused before DeepSpeed opens it."""
         path = Path(path)
+        saved = zero_reshard.saved_world(path) if path.is_dir() else 0
+        if saved and saved != self.rt.world.world_size:  # ZeRO-1/2 shards of another world size
+            try:
+                return zero_reshard.load_resharded(self.wrapped, path)
+            except ckpt.CheckpointError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - DeepSpeed raises many kinds; the caller falls back
+                raise ckpt.CheckpointError(f"could not re-shard {path} from world {saved} to world "
+                                           f"{self.rt.world.world_size}: {str(exc).strip()[:200]}") from None
         ckpt.verify_deepspeed_files(path)
         try:
             load_path, client_state = self.wrapped.load_checkpoint(str(path.parent), tag=path.name)

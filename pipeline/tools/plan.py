@@ -17,13 +17,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file")
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--gpus-per-node", type=int, default=1, help="processes per node (one per GPU)")
+    p.add_argument("--resume", metavar="RUN_DIR", default="",
+                   help="a run to go on at this size: what its resume will do (accumulation, position), or why it "
+                        "is refused")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and {args.gpus_per_node}")
-    plan = make_plan(cfg, args.nodes * args.gpus_per_node)
+    world = args.nodes * args.gpus_per_node
+    if args.resume:
+        from pathlib import Path
+
+        from pipeline import checkpoint as ckpt
+        from pipeline.training import elastic
+
+        layout = ckpt.DEEPSPEED if cfg.trainer.engine == "deepspeed" else ckpt.PLAIN
+        recorded = elastic.recorded_layout(Path(args.resume), layout)
+        if recorded is None:
+            print(f"resume: no checkpoint with a recorded launch layout in {args.resume}: the run starts from step 0")
+        else:
+            cfg, line = elastic.adapt(cfg, world, recorded)  # a refusal is a ConfigError: one line, exit 2
+            print(line.replace("resumed", "resumes") if line else
+                  f"resumes at the same world {world} from step {recorded.get('global_step', 0)}")
+    plan = make_plan(cfg, world)
     title = (f"plan: {args.config or 'the defaults (demo job)'} on {args.nodes} node(s) x {args.gpus_per_node} "
              f"GPU(s), model {cfg.model.name}")
     print("\n".join(format_plan(plan, title)))

@@ -12,6 +12,7 @@ from pipeline.distributed import WorldInfo
 from pipeline.metrics import format_duration
 from pipeline.runlock import RunLock
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
+from pipeline.training import elastic
 from pipeline.training.model_card import write_model_card
 from pipeline.training.plan import make_plan
 from pipeline.training.trainer import Trainer
@@ -42,8 +43,14 @@ def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]
     rt = agree_on_numerics(rt)
     start = time.time()
     try:
+        # A checkpoint from another world size: the same global batch through another accumulation.
+        layout = ckpt.DEEPSPEED if rt.engine_kind == "deepspeed" else ckpt.PLAIN
+        recorded = elastic.recorded_layout(run_dir, layout) if cfg.trainer.resume == "auto" else None
+        cfg, resized = elastic.adapt(cfg, world.world_size, recorded)
         trainer = Trainer(cfg, rt)
         trainer.resume()
+        if resized:
+            trainer.log_line(resized)
         env = environment_facts(rt, trainer.data.backend)
         # The recipe at this launch size, as `pipeline plan` prints it (also in the W&B config).
         env["plan"] = make_plan(cfg, world.world_size, trainer.data.train.num_samples, "the run's data")

@@ -72,7 +72,7 @@ class Trainer:
         self.cfg, self.rt = cfg, rt
         self.run_dir = Path(cfg.trainer.run_dir)
         seed_everything(cfg.trainer.seed)  # same initial weights on every rank
-        placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size)
+        placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size, cfg.optim.accumulation)
         self.data = build_data(cfg.data, placement, cfg.trainer.seed, cfg.model.num_classes)
         model = build_model(cfg.model, cfg.model.num_classes or self.data.num_classes)
         if cfg.model.pretrained:  # the same initial weights on every rank: every rank reads the file
@@ -107,7 +107,10 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         """Everything but the engine's own state (model, optimizer, scaler), which it saves itself."""
         return {"scheduler": self.schedule.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-                "rng": ckpt.rng_state(), "progress": self.state.to_dict(), "wandb_run_id": self.state.wandb_run_id,
+                "rng": ckpt.rng_state(), "wandb_run_id": self.state.wandb_run_id,
+                # the launch layout beside the progress: a resume at another world size keeps the global batch
+                "progress": {**self.state.to_dict(), "world_size": self.rt.world.world_size,
+                             "batch_size": self.cfg.data.batch_size, "accumulation": self.accumulation},
                 "config": to_dict(self.cfg), "classes": list(self.data.classes)}
 
     def save(self) -> None:
@@ -245,12 +248,12 @@ class Trainer:
         progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
         progress.advance(s.global_step)
         set_train_mode(self.engine.wrapped, cfg.model.frozen_bn)
-        try:
-            with _naming_the_step_of_a_dead_loader_worker(s):
+        with _naming_the_step_of_a_dead_loader_worker(s):  # a worker's death may be reported at any point
+            try:
                 interrupted = self._epochs(progress)
-        finally:
-            progress.close()
-        return self.summary("interrupted" if interrupted else "completed")
+            finally:
+                progress.close()
+            return self.summary("interrupted" if interrupted else "completed")
 
     def _epochs(self, progress: Progress) -> bool:
         """Train, validate and checkpoint epoch after epoch; True when a stop signal ended the run."""
