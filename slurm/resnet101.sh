@@ -2,10 +2,13 @@
 # ResNet-101 on ImageNet: sbatch slurm/resnet101.sh [key=value ...] from the repository root.
 # Override any #SBATCH line on the command line (sbatch --nodes=4 --partition=gpu ...) and the
 # rest through the environment (see slurm/common.sh): DATA_PATH=/datasets/imagenet WANDB_MODE=offline.
+# Whole nodes (--exclusive), one task per GPU started by srun in common.sh. No --ntasks-per-node here:
+# with it, `sbatch --nodes=1-2` is always given the minimum (1 node); without it Slurm allocates as
+# many nodes of the range as are free (tests/slurm).
 #SBATCH --job-name=resnet101
 #SBATCH --nodes=2
 #SBATCH --gpus-per-node=8
-#SBATCH --ntasks-per-node=8
+#SBATCH --exclusive
 #SBATCH --cpus-per-task=8
 #SBATCH --time=48:00:00
 #SBATCH --signal=B:USR1@300

@@ -62,7 +62,8 @@ def _final_model(run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,first,second,batch", [("ddp", 2, 1, 16), ("ddp", 1, 2, 16), ("zero2", 2, 1, 16),
-                                                        ("zero2", 1, 2, 16), ("zero2", 2, 3, 8)])
+                                                        ("zero2", 1, 2, 16), ("zero2", 2, 3, 8), ("zero1", 1, 2, 16),
+                                                        ("zero0", 2, 1, 16)])
 def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_path, demo_data, engine, first, second,
                                                                          batch):
     """Global batch 48 (16 x 3) or 24 (8 x 3 ranks): world 2 x 16 x 1 and world 1 x 16 x 2, or
@@ -74,7 +75,7 @@ def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_pat
     global_batch = {16: 32, 8: 48}[batch]
     acc = {w: global_batch // (batch * w) for w in (first, second)}
     engine_args = (["trainer.engine=ddp"] if engine == "ddp" else
-                   ["trainer.engine=deepspeed", "distributed.zero_stage=2"])
+                   ["trainer.engine=deepspeed", f"distributed.zero_stage={engine[-1]}"])
     common = [*FAST, f"data.path={demo_data}", "trainer.precision=fp32", "model.frozen_bn=true", "trainer.epochs=2",
               f"data.batch_size={batch}", "trainer.log_every=1", "trainer.checkpoint_every=5", *engine_args,
               "optim.weight_decay=0.0001", "trainer.keep_checkpoints=10"]

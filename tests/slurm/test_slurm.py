@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 CLUSTER_ENV = {"SLURM_CI_NODES": "2", "SLURM_CI_GPUS": "1", "SLURM_CI_CPUS": "2"}
 # Flags and overrides only: the GPU script runs unmodified on 2 nodes x 1 task with fake GPUs (gres).
-FLAGS = ["--nodes=2", "--gpus-per-node=1", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10"]
+FLAGS = ["--nodes=2", "--gpus-per-node=1", "--cpus-per-task=1", "--time=10"]
 OVERRIDES = ["model.name=resnet20", "model.num_classes=10", "data.image_size=32", "data.batch_size=32",
              "data.workers=0", "data.backend=torchvision", "trainer.epochs=3", "trainer.log_every=2",
              "trainer.checkpoint_every=5"]
@@ -219,6 +219,10 @@ def test_a_job_with_a_node_range_goes_on_with_the_node_it_has(straight_run, demo
     are ~12 points at 50%)."""
     _, straight = straight_run
     run = tmp_path / "shrunk"
+    deadline = time.time() + 60  # both nodes idle, or Slurm starts the range on the one that is free
+    while subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True).stdout.split() != ["idle"] * 2:
+        time.sleep(0.2)
+        assert time.time() < deadline
     job = sbatch(run, demo_data, "--nodes=1-2").stdout.strip().split(";")[0]
     deadline = time.time() + 120
     while not ((run / "metrics.jsonl").exists() and len(read_metrics(run)) >= 4 and ckpt.list_checkpoints(run)):
@@ -226,6 +230,9 @@ def test_a_job_with_a_node_range_goes_on_with_the_node_it_has(straight_run, demo
         assert time.time() < deadline
     assert job_field(job, "NumNodes") == "2"
     subprocess.run(["scontrol", "update", "nodename=n2", "state=down", "reason=test_node_range"], check=True)
+    # Down kills the job's step; drained it stays out of service (a down node whose slurmd is alive
+    # would come back by itself here, ReturnToService).
+    subprocess.run(["scontrol", "update", "nodename=n2", "state=drain", "reason=test_node_range"], check=True)
     try:
         assert wait_for(job, restarts=1, timeout=400) == "COMPLETED", log_of(job)[-3000:]
     finally:
