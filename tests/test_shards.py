@@ -207,3 +207,28 @@ def test_shards_resume_mid_epoch_and_split_validation_like_the_folder(demo_data,
                 val.set_epoch(0)
                 labels[name] += [int(y) for _, batch in val for y in batch]
         assert labels["shards"] == labels["folder"] and len(labels["shards"]) == 130
+
+
+def test_dalis_own_webdataset_reader_reads_prepared_shards_with_their_index(demo_data, tmp_path):
+    """The shards and `.idx` files are in DALI's format: `fn.readers.webdataset` reads every sample."""
+    from nvidia.dali import fn, pipeline_def
+
+    assert cli_main(["prepare", "shards", str(demo_data), "--out", str(tmp_path / "s"), "--workers", "1",
+                     "--shard-mb", "0.3"]) == 0
+    tars = sorted((tmp_path / "s" / "train").glob("*.tar"))
+
+    @pipeline_def(batch_size=50, num_threads=1, device_id=None)
+    def read():
+        jpg, cls = fn.readers.webdataset(paths=[str(t) for t in tars], index_paths=[str(t.with_suffix(".idx")) for t in tars],
+                                         ext=["jpg", "cls"], random_shuffle=False, name="reader")
+        return jpg, cls
+
+    pipe = read()
+    pipe.build()
+    labels = []
+    for _ in range(400 // 50):
+        jpg, cls = pipe.run()
+        labels += [int(bytes(cls.at(i)).decode()) for i in range(len(cls))]
+        assert all(bytes(jpg.at(i)[:2]) == b"\xff\xd8" for i in range(len(jpg)))
+    assert pipe.reader_meta("reader")["epoch_size"] == 400
+    assert sorted(labels) == sorted(label for _, label in shards.scan_shards(tmp_path / "s" / "train")[1])
