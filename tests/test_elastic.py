@@ -63,7 +63,7 @@ def _final_model(run):
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,first,second,batch", [("ddp", 2, 1, 16), ("ddp", 1, 2, 16), ("zero2", 2, 1, 16),
                                                         ("zero2", 1, 2, 16), ("zero2", 2, 3, 8), ("zero1", 1, 2, 16),
-                                                        ("zero0", 2, 1, 16)])
+                                                        ("zero0", 2, 1, 16), ("ddp", 2, 3, 8)])
 def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_path, demo_data, engine, first, second,
                                                                          batch):
     """Global batch 48 (16 x 3) or 24 (8 x 3 ranks): world 2 x 16 x 1 and world 1 x 16 x 2, or
@@ -125,5 +125,6 @@ def test_plan_says_what_a_resume_at_a_new_size_will_do(tmp_path, capsys):
     assert out.splitlines()[0] == ("resumes at world 8 from world 16 (step 400, epoch 2 at sample 46,080): global "
                                    "batch 512 kept, accumulation 1 -> 2")
     assert json.loads(out.strip().splitlines()[-1])["global_batch"] == 512
+    assert "steps left" in out and "samples left in epoch 2" in out
     assert main([*args, "--nodes", "3", "--gpus-per-node", "2"]) == 2
     assert "config error: cannot keep the global batch 512" in capsys.readouterr().err

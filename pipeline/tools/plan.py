@@ -26,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.nodes < 1 or args.gpus_per_node < 1:
         raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and {args.gpus_per_node}")
-    world = args.nodes * args.gpus_per_node
+    world, recorded = args.nodes * args.gpus_per_node, None
     if args.resume:
         from pathlib import Path
 
@@ -42,6 +42,12 @@ def main(args: argparse.Namespace) -> int:
             print(line.replace("resumed", "resumes") if line else
                   f"resumes at the same world {world} from step {recorded.get('global_step', 0)}")
     plan = make_plan(cfg, world)
+    if args.resume and recorded is not None and plan.get("steps_per_epoch"):
+        done, in_epoch = recorded.get("global_step", 0), recorded.get("step_in_epoch", 0)
+        left_in_epoch = (plan["steps_per_epoch"] - in_epoch) * plan["global_batch"]
+        print(f"resume: {max(0, plan['total_steps'] - done):,} of {plan['total_steps']:,} steps left; "
+              f"{left_in_epoch:,} samples left in epoch {recorded.get('epoch', 0) + 1}, each used once, dealt over "
+              f"{world} ranks")
     title = (f"plan: {args.config or 'the defaults (demo job)'} on {args.nodes} node(s) x {args.gpus_per_node} "
              f"GPU(s), model {cfg.model.name}")
     print("\n".join(format_plan(plan, title)))
