@@ -9,7 +9,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data.sampler import ShardPlan
 from pipeline.metrics import read_metrics
 from pipeline.training import elastic
-from tests.helpers import FAST
+from tests.helpers import FAST, run_cli
 from tests.test_distributed import torchrun
 
 
@@ -110,6 +110,12 @@ def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_pat
     a, b = _final_model(straight), _final_model(moved)
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=3e-3, rtol=0, msg=key)
+    if second > 1:  # written at world 2 or 3, read by one process: `pipeline eval` and `pipeline export`
+        evaluated = run_cli("eval", *common, f"trainer.run_dir={moved}", check=True)
+        assert json.loads(evaluated.stdout.strip().splitlines()[-1])["val/samples"] == 130
+        exported = run_cli("export", str(moved), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors"),
+                           check=True)
+        assert (tmp_path / "m.safetensors").is_file() and "max |exported - eager|" in exported.stdout
 
 
 def test_plan_says_what_a_resume_at_a_new_size_will_do(tmp_path, capsys):
