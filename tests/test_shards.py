@@ -167,7 +167,7 @@ def test_training_on_prepared_shards_equals_the_hand_built_folder(demo_data, tmp
     results = {}
     for name, path in (("folder", demo_data), ("shards", tmp_path / "s")):
         run = tmp_path / f"run-{name}"
-        run_cli("train", *FAST, "trainer.epochs=2", "trainer.precision=fp32", f"data.path={path}",
+        run_cli("train", *FAST, "trainer.epochs=1", "trainer.precision=fp32", f"data.path={path}",
                 "data.make_demo=false", f"trainer.run_dir={run}", check=True)
         results[name] = json.loads((run / "summary.json").read_text())
     assert results["shards"]["final/val/top1"] == results["folder"]["final/val/top1"]
