@@ -46,3 +46,13 @@ def test_worker_feed_applies_the_bad_image_rule(demo_data, tmp_path):
     skipping = _loader(root, "train", 2, "data.on_bad_image=skip")
     batches = _epoch(skipping)
     assert sum(len(y) for _, y in batches) == 416 and skipping.replaced_images == 1
+
+
+def test_spawned_feed_workers_give_the_same_batches(demo_data, monkeypatch):
+    """On a GPU the workers are spawned (a forked CUDA context is unusable): the source must pickle
+    and serve the same batches. The CPU twin of that path, with spawn forced."""
+    from pipeline.data import dali
+
+    in_process = _epoch(_loader(demo_data, "val", 0))
+    monkeypatch.setattr(dali, "_start_method", lambda: "spawn")
+    assert _equal(_epoch(_loader(demo_data, "val", 2)), in_process)

@@ -79,7 +79,10 @@ def read_bytes(ref: str | ShardMember) -> bytes:
     if not isinstance(ref, ShardMember):
         with open(ref, "rb") as fh:
             return fh.read()
-    return read_array(ref).tobytes()
+    data = os.pread(_shard_fd(ref.tar), ref.size, ref.offset)
+    if len(data) != ref.size:
+        raise OSError(f"shard ends inside {ref.name} (read {len(data)} of {ref.size} bytes)")
+    return data
 
 
 def sample_key(member_name: str) -> tuple[str, str]:
@@ -190,9 +193,8 @@ def is_shard_split(split_dir: Path) -> bool:
     return split_dir.is_dir() and any(split_dir.glob("*.tar"))
 
 
-def _labels(tar_path: Path, samples, info: dict) -> list[int]:
-    """Each sample's class: from info.json when it describes this very tar, else its `.cls` member."""
-    listed = {s["name"]: s for s in info.get("shards", [])}.get(tar_path.name)
+def _labels(tar_path: Path, samples, listed: dict | None) -> list[int]:
+    """Each sample's class: from info.json's entry when it describes this very tar, else its `.cls` member."""
     if listed and listed.get("bytes") == tar_path.stat().st_size and len(listed.get("labels", [])) == len(samples):
         return [int(label) for label in listed["labels"]]
     labels = []
@@ -213,16 +215,18 @@ def scan_shards(split_dir: Path) -> tuple[list[str], list[tuple[ShardMember, int
     if not tars:
         raise DataError(f"no shards (*.tar) in {split_dir}")
     info = read_info(split_dir)
+    listed = {entry["name"]: entry for entry in info.get("shards", [])}
     keyed = []
     for tar_path in tars:
         samples = shard_index(tar_path)
-        for parts, label in zip(samples, _labels(tar_path, samples, info)):
+        tar = str(tar_path)  # one string per shard, shared by its samples' references
+        for parts, label in zip(samples, _labels(tar_path, samples, listed.get(tar_path.name))):
             images = [p for p in parts if p[0] in IMAGE_EXTS]
             if not images:
                 raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no image "
                                 f"(expected one of .{', .'.join(IMAGE_EXTS)})")
             _, offset, size, name = images[0]
-            keyed.append((label, sample_key(name)[0], ShardMember(str(tar_path), offset, size, name)))
+            keyed.append((label, sample_key(name)[0], ShardMember(tar, offset, size, name)))
     keyed.sort(key=lambda item: item[:2])
     if not keyed:
         raise DataError(f"the shards in {split_dir} hold no samples")

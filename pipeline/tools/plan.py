@@ -30,11 +30,9 @@ def main(args: argparse.Namespace) -> int:
     if args.resume:
         from pathlib import Path
 
-        from pipeline import checkpoint as ckpt
         from pipeline.training import elastic
 
-        layout = ckpt.DEEPSPEED if cfg.trainer.engine == "deepspeed" else ckpt.PLAIN
-        recorded = elastic.recorded_layout(Path(args.resume), layout)
+        recorded = elastic.recorded_layout(Path(args.resume), cfg.trainer.engine)
         if recorded is None:
             print(f"resume: no checkpoint with a recorded launch layout in {args.resume}: the run starts from step 0")
         else:

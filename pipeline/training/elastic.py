@@ -22,9 +22,11 @@ from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError, RootConfig
 
 
-def recorded_layout(run_dir: Path, layout: str) -> dict | None:
+def recorded_layout(run_dir: Path, engine: str) -> dict | None:
     """The newest checkpoint's launch layout (world size, per-GPU batch, accumulation, step,
-    epoch position), read without loading its tensors; None for no checkpoint or an old one."""
+    epoch position) for `engine` (trainer.engine or the resolved kind: DeepSpeed has its own
+    checkpoint layout), read without loading its tensors; None for no checkpoint or an old one."""
+    layout = ckpt.DEEPSPEED if engine == "deepspeed" else ckpt.PLAIN
     for path in ckpt.list_checkpoints(run_dir, layout):
         file = path / ckpt.DEEPSPEED_MODEL_FILE if path.is_dir() else path
         try:

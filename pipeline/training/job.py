@@ -44,8 +44,7 @@ def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]
     start = time.time()
     try:
         # A checkpoint from another world size: the same global batch through another accumulation.
-        layout = ckpt.DEEPSPEED if rt.engine_kind == "deepspeed" else ckpt.PLAIN
-        recorded = elastic.recorded_layout(run_dir, layout) if cfg.trainer.resume == "auto" else None
+        recorded = elastic.recorded_layout(run_dir, rt.engine_kind) if cfg.trainer.resume == "auto" else None
         cfg, resized = elastic.adapt(cfg, world.world_size, recorded)
         trainer = Trainer(cfg, rt)
         trainer.resume()
