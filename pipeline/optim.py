@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, StepLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler, StepLRScheduler
 from torch import nn
 
 from pipeline.config import OptimConfig
@@ -78,6 +78,13 @@ class LRSchedule:
             # m the first at the lower LR, as the papers count ("divide at 32k iterations").
             self.inner = MultiStepLRScheduler(optimizer, decay_t=[m * unit + 1 for m in cfg.milestones],
                                               decay_rate=cfg.gamma, **common)
+        elif cfg.schedule == "triangular":
+            # FFCV's "cyclic" schedule: up from warmup_lr to the peak at the end of the warmup, then
+            # linearly down to min_lr at the last step. timm's poly schedule with power 1 is that line;
+            # warmup_prefix=True starts it at the peak, so the two legs meet there.
+            self.inner = PolyLRScheduler(optimizer, t_initial=max(1, self.total_steps - self.warmup_steps), power=1.0,
+                                         lr_min=cfg.min_lr, t_in_epochs=False, warmup_prefix=True,
+                                         warmup_t=self.warmup_steps, warmup_lr_init=cfg.warmup_lr)
         elif cfg.schedule == "step":
             self.inner = StepLRScheduler(optimizer, decay_t=cfg.step_size * steps_per_epoch, decay_rate=cfg.gamma, **common)
         else:

@@ -187,16 +187,18 @@ def _assert_same_images(first, second):
 
 
 def test_dali_resume_gives_identical_batches(demo_data):
+    """Under progressive resizing too: epoch 1 of a 24 -> 40 px ramp is 32 px."""
     pytest.importorskip("nvidia.dali")
-    cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=32", "data.batch_size=16",
-                             "data.backend=dali", "data.workers=2"])
+    cfg = load_config(None, [f"data.path={demo_data}", "data.image_size=40", "data.batch_size=16",
+                             "data.backend=dali", "data.workers=2", "data.image_size_start=24", "data.size_ramp=[0,2]",
+                             "data.size_step=8"])
     loader = build_data(cfg.data, Placement(torch.device("cpu"), True), seed=0).train
     loader.set_epoch(1)
     whole = list(loader)
     resumed = build_data(cfg.data, Placement(torch.device("cpu"), True), seed=0).train
     resumed.set_epoch(1, start_step=20)
     tail = list(resumed)
-    assert len(tail) == len(whole) - 20 == 5
+    assert len(tail) == len(whole) - 20 == 5 and whole[0][0].shape[-1] == 32
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[20:], tail))
 
 

@@ -48,6 +48,8 @@ def test_expected_numbers_match_the_papers_tables():
     numbers = set(re.findall(r"\d+\.\d+", text))
     checked = 0
     for path in CONFIGS:
+        if "_fast_" in path.name:  # FFCV's table, checked in tests/test_fast_recipes.py
+            continue
         expected = load_config(path).expected
         value = expected.get("value")
         if isinstance(value, float):

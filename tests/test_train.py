@@ -46,8 +46,10 @@ def _train_rows(run):
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, demo_data):
+    """Under progressive resizing (24, 32, 40 px in epochs 1-3): the run is cut at 32 px and the
+    resumed part changes size at the next epoch, bit-exact all the same."""
     common = [*FAST, f"data.path={demo_data}", "trainer.epochs=3", "data.batch_size=16", "trainer.log_every=1",
-              "data.image_size=32"]
+              "data.image_size=40", "data.image_size_start=24", "data.size_ramp=[0,2]", "data.size_step=8"]
     straight = tmp_path / "straight"
     run_cli("train", *common, f"trainer.run_dir={straight}", check=True)
 
@@ -67,6 +69,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, demo_data):
     assert 0 < interrupted_at < 75
     run_cli("train", *common, f"trainer.run_dir={resumed}", check=True)
     assert _train_rows(resumed) == _train_rows(straight)  # bit-exact on CPU
+    sizes = [r["train/image_size"] for r in read_metrics(resumed) if "train/image_size" in r]
+    assert [s for i, s in enumerate(sizes) if i == 0 or sizes[i - 1] != s] == [24, 32, 40]
+    assert 25 < interrupted_at < 50  # cut in epoch 2, at 32 px
     assert _summary(resumed)["final/val/top1"] == _summary(straight)["final/val/top1"]
 
 

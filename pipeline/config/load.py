@@ -163,7 +163,8 @@ _CHOICES = {
     "data.on_bad_image": ("fail", "skip"),
     "data.dali_resize": ("auto", "dali", "torch"),
     "optim.name": ("sgd", "lars", "lamb"),
-    "optim.schedule": ("cosine", "step", "multistep", "constant"),
+    "optim.schedule": ("cosine", "step", "multistep", "constant", "triangular"),
+    "data.val_crop_mode": ("center", "squash"),
     "optim.milestones_in": ("epochs", "steps"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.channels_last": ("auto", "true", "false"),
@@ -233,8 +234,30 @@ def validate(cfg: RootConfig) -> None:
     for key in _FRACTIONS:
         if not 0 <= get(cfg, key) <= 1:
             raise ConfigError(f"config key '{key}' is a fraction: it must be within [0, 1], got {get(cfg, key)}")
+    _check_sizes(cfg)
     if cfg.distributed.zero_stage not in (0, 1, 2):
         raise ConfigError(f"config key 'distributed.zero_stage' must be 0, 1 or 2, got {cfg.distributed.zero_stage}")
+
+
+def _check_sizes(cfg: RootConfig) -> None:
+    """Progressive resizing: a ramp that goes forward in epochs, sizes the step can reach."""
+    d = cfg.data
+    if d.crop_fraction <= 0:
+        raise ConfigError(f"config key 'data.crop_fraction' must be > 0, got {d.crop_fraction}")
+    if d.image_size_start <= 0 or d.image_size_start == d.image_size:
+        return
+    if d.dataset in ("cifar10", "cifar100"):
+        raise ConfigError(f"data.image_size_start={d.image_size_start}: progressive resizing needs ImageNet-style "
+                          f"images (dataset imagefolder or synthetic), not {d.dataset}'s fixed 32 px")
+    start, end = d.size_ramp
+    if end <= start:
+        raise ConfigError(f"config key 'data.size_ramp' must be [start epoch, end epoch] with end > start, got "
+                          f"{list(d.size_ramp)} (image_size_start={d.image_size_start} -> image_size={d.image_size})")
+    if d.size_step < 1:
+        raise ConfigError(f"config key 'data.size_step' must be >= 1, got {d.size_step}")
+    if d.image_size_start % d.size_step or d.image_size % d.size_step:
+        raise ConfigError(f"data.image_size_start={d.image_size_start} and data.image_size={d.image_size} must be "
+                          f"multiples of data.size_step={d.size_step}")
 
 
 def to_dict(cfg: RootConfig) -> dict:

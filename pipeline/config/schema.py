@@ -39,6 +39,11 @@ class ModelConfig:
     # one of our checkpoints (never downloaded at run time). The trunk loads strictly; the classifier
     # is re-initialized when the class count differs.
     pretrained: str = ""
+    # Blur each strided convolution's input with a 3x3 binomial filter first (Zhang 2019, anti-aliased
+    # downsampling; FFCV's BlurPoolConv2d), using timm's BlurPool2d at stride 1. Applied to convs with
+    # stride > 1 and >= 16 input channels (not the stem). State-dict keys are unchanged: torchvision
+    # weights still load strictly.
+    blurpool: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,19 @@ class DataConfig:
     make_demo: bool = True  # create the demo dataset when data.path is data/demo and missing (never elsewhere)
     batch_size: int = 64  # per process
     val_batch_size: int = 0  # 0: same as batch_size
-    image_size: int = 32  # the defaults are the demo job; configs/imagenet/* use 224
-    crop_fraction: float = 0.875  # val: resize shorter side to image_size / crop_fraction, center crop
+    image_size: int = 32  # train crop size (the final one under a schedule); configs/imagenet/* use 224
+    # Progressive resizing (FFCV's recipe, pipeline/data/resolution.py): the train size is
+    # image_size_start up to epoch size_ramp[0], image_size from epoch size_ramp[1], and a linear ramp
+    # rounded to multiples of size_step in between (epochs from 0). 0: image_size throughout.
+    image_size_start: int = 0
+    size_ramp: tuple[int, int] = (0, 0)  # epochs where the ramp starts and ends
+    size_step: int = 32  # ramp sizes are multiples of this
+    val_image_size: int = 0  # the evaluation crop; 0: image_size (FFCV validates at 256 after 192 px training)
+    # Evaluation view (timm's crop_mode names). center: resize the shorter side to
+    # val_image_size / crop_fraction, center-crop val_image_size. squash: resize the whole image to a
+    # square of that side (aspect not kept), center-crop val_image_size.
+    val_crop_mode: str = "center"  # center | squash
+    crop_fraction: float = 0.875  # val: the crop's share of the resized image's side (224 / 256)
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range
     hflip: float = 0.5  # train: probability of a horizontal flip
@@ -96,7 +112,9 @@ class OptimConfig:
     nesterov: bool = False  # Nesterov momentum (Goyal 2017 uses it)
     weight_decay: float = 1e-4  # L2 weight decay (off for BN and biases unless decay_norm_and_bias)
     decay_norm_and_bias: bool = False  # False: no weight decay on BN parameters and biases
-    schedule: str = "cosine"  # cosine | step | multistep | constant
+    # triangular: linear from warmup_lr up to lr over the warmup, then linear down to min_lr at the
+    # last step (FFCV's "cyclic" schedule, the epoch budget stretching it).
+    schedule: str = "cosine"  # cosine | step | multistep | constant | triangular
     milestones: tuple[int, ...] = (30, 60)  # multistep: epochs (or iterations, see milestones_in)
     milestones_in: str = "epochs"  # epochs | steps
     step_size: int = 30  # step: epochs between decays
@@ -139,6 +157,9 @@ class TrainerConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: end of each epoch only)
     keep_checkpoints: int = 2  # newest checkpoints kept, both layouts (plain files, DeepSpeed tags)
     ema_decay: float = 0.0  # >0: keep a timm ModelEmaV3 and validate it too
+    # Test-time augmentation: validation (and `pipeline eval`) averages the logits of each image and
+    # its mirror image, as FFCV's recipe does (2x the evaluation compute).
+    tta_flip: bool = False
     nonfinite_patience: int = 3  # consecutive non-finite losses (checked at log steps) before stopping
     # A checkpoint write that fails (disk full, I/O error): "continue" warns, keeps the previous
     # checkpoint and trains on; "stop" ends the run with the error (previous checkpoint kept).

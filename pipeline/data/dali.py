@@ -24,9 +24,10 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.encoded import EncodedBatches
-from pipeline.data.folder import load_rgb, split_samples, val_resize_shorter
+from pipeline.data.folder import load_rgb, split_samples
 from pipeline.data.normalize import PixelNormalizer
 from pipeline.data.planned import PlannedLoader
+from pipeline.data.resolution import train_size, val_resize_shorter, val_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.types import DataBundle, DataError, Placement
 
@@ -63,19 +64,24 @@ def window_crops(jpegs, start, shape, decode_device: str):
 
 
 def center_crops(jpegs, cfg: DataConfig, decode_device: str):
-    """The square that "resize the shorter side to image_size / crop_fraction, then center-crop
-    image_size" keeps, decoded alone. Resizing it to image_size gives the standard evaluation
-    view while decoding ~crop_fraction^2 of a square image's pixels and resizing fewer."""
+    """The region the evaluation view keeps (`data.val_crop_mode`), decoded alone. center: the
+    square that "resize the shorter side to val_size / crop_fraction, then center-crop val_size"
+    keeps; squash: the central crop_fraction of each side (the whole image squashed to a square, then
+    center-cropped). Resizing it to val_size gives the view while decoding ~crop_fraction^2 of the
+    pixels and resizing fewer."""
     shape = fn.peek_image_shape(jpegs, adjust_orientation=False)  # H, W, C from the header, no decode
-    shorter = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT)
-    side = shorter * (cfg.image_size / val_resize_shorter(cfg))
-    return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=side, crop_h=side,
+    kept = val_size(cfg) / val_resize_shorter(cfg)
+    if cfg.val_crop_mode == "squash":
+        crop_h, crop_w = fn.cast(shape[0], dtype=types.FLOAT) * kept, fn.cast(shape[1], dtype=types.FLOAT) * kept
+    else:
+        crop_h = crop_w = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT) * kept
+    return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=crop_w, crop_h=crop_h,
                                   crop_pos_x=0.5, crop_pos_y=0.5, **_decoder_args(decode_device))
 
 
-def resize_normalize(images, cfg: DataConfig, op_device: str, layout: str, antialias: bool, mirror=None):
-    """Resize to image_size x image_size, flip where `mirror` is set, normalize to float."""
-    images = fn.resize(images, device=op_device, resize_x=cfg.image_size, resize_y=cfg.image_size,
+def resize_normalize(images, cfg: DataConfig, size: int, op_device: str, layout: str, antialias: bool, mirror=None):
+    """Resize to size x size, flip where `mirror` is set, normalize to float."""
+    images = fn.resize(images, device=op_device, resize_x=size, resize_y=size,
                        interp_type=types.INTERP_LINEAR, antialias=antialias)
     return fn.crop_mirror_normalize(images, device=op_device, dtype=types.FLOAT, output_layout=layout,
                                     mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std],
@@ -92,9 +98,11 @@ def file_source(source, dtypes: list, parallel: bool):
 
 @pipeline_def
 def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
-                   parallel: bool = False):
+                   size: int, parallel: bool = False):
     """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
     and flips come from the source with the bytes, so the graph itself draws no random numbers.
+    `size` is the pass's (epoch's) train size: a pipeline serves one pass, so progressive resizing
+    costs no rebuild beyond the one each pass already has.
 
     Without `resize_in_dali` the graph ends at the decoded crops and each sample's flip decision,
     and `TorchResize` does the rest (the CPU default). The last output flags replaced files.
@@ -103,18 +111,18 @@ def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, 
         source, [types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32, types.INT32], parallel)
     images = window_crops(jpegs, start, shape, decode_device)
     if resize_in_dali:
-        return resize_normalize(images, cfg, op_device, layout, cfg.train_antialias, mirror), labels, replaced
+        return resize_normalize(images, cfg, size, op_device, layout, cfg.train_antialias, mirror), labels, replaced
     return images, labels, replaced, mirror
 
 
 @pipeline_def
 def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
-                 parallel: bool = False):
-    """The center crop decoded alone, resized to image_size, normalized."""
+                 size: int, parallel: bool = False):
+    """The evaluation crop decoded alone, resized to val_size, normalized."""
     jpegs, labels, replaced = file_source(source, [types.UINT8, types.INT64, types.INT32], parallel)
     images = center_crops(jpegs, cfg, decode_device)
     if resize_in_dali:
-        return resize_normalize(images, cfg, op_device, layout, antialias=True), labels, replaced
+        return resize_normalize(images, cfg, size, op_device, layout, antialias=True), labels, replaced
     return images, labels, replaced
 
 
@@ -128,15 +136,14 @@ class TorchResize:
     """
 
     def __init__(self, cfg: DataConfig, channels_last: bool, antialias: bool) -> None:
-        size = cfg.image_size
-        self.size, self.antialias, self.channels_last = size, antialias, channels_last
-        self.staging = torch.empty(0, size, size, 3, dtype=torch.uint8)
+        self.antialias, self.channels_last = antialias, channels_last
+        self.staging = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         self.normalize = PixelNormalizer(cfg.mean, cfg.std)
 
-    def __call__(self, crops, mirror: np.ndarray | None) -> torch.Tensor:
+    def __call__(self, crops, mirror: np.ndarray | None, size: int) -> torch.Tensor:
         n = len(crops)
-        if self.staging.shape[0] < n:
-            self.staging = torch.empty(n, self.size, self.size, 3, dtype=torch.uint8)
+        if self.staging.shape[0] < n or self.staging.shape[1] != size:  # a new size: progressive resizing
+            self.staging = torch.empty(n, size, size, 3, dtype=torch.uint8)
         threads = torch.get_num_threads()
         # One crop is too small to split across threads, and splitting it competes with DALI's own
         # decode threads (two threads here made the whole loader slower when tried).
@@ -144,7 +151,7 @@ class TorchResize:
         try:
             for i in range(n):
                 crop = torch.from_numpy(np.asarray(crops[i])).unsqueeze(0).permute(0, 3, 1, 2)  # NHWC memory
-                resized = torch.nn.functional.interpolate(crop, size=(self.size, self.size), mode="bilinear",
+                resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear",
                                                           antialias=self.antialias)[0].permute(1, 2, 0)
                 self.staging[i].copy_(resized.flip(1) if mirror is not None and mirror[i] else resized)
             out = self.normalize(self.staging[:n])
@@ -183,6 +190,11 @@ class DaliLoader(PlannedLoader):
         self.torch_resize = (TorchResize(cfg, placement.channels_last, cfg.train_antialias if train else True)
                              if _resize_in_torch(cfg, placement.device) else None)
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
+        self.pipelines_built = 0  # one per pass (epoch or resumed part of one), whatever the sizes
+
+    def size(self) -> int:
+        """This pass's image size: the epoch's train size, or the evaluation size."""
+        return train_size(self.cfg, self._epoch) if self.train else val_size(self.cfg)
 
     def _pipeline(self, start: int):
         decode_device, op_device = _decode_device(self.placement.device)
@@ -192,12 +204,14 @@ class DaliLoader(PlannedLoader):
         workers = self.cfg.dali_feed_workers
         feed = {"py_num_workers": workers, "py_start_method": _start_method()} if workers else {}
         pipe = build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
-                     layout=self.layout, resize_in_dali=self.torch_resize is None, parallel=workers > 0,
+                     layout=self.layout, resize_in_dali=self.torch_resize is None, size=self.size(),
+                     parallel=workers > 0,
                      batch_size=self.plan.batch_size, num_threads=max(1, self.cfg.workers),
                      device_id=_dali_device_id(self.placement.device),
                      prefetch_queue_depth=PREFETCH_DEPTH, exec_dynamic=True, **feed)
         if workers:
             pipe.start_py_workers()
+        self.pipelines_built += 1
         return pipe
 
     def _pass(self, start: int):
@@ -211,6 +225,7 @@ class DaliLoader(PlannedLoader):
                 yield self._to_torch(out[0]["images"]), out[0]["labels"].to(self.placement.device, non_blocking=True).view(-1)
             return
         pipe.build()
+        size = self.size()
         while True:
             try:
                 crops, labels, replaced, *mirror = pipe.run()
@@ -218,7 +233,7 @@ class DaliLoader(PlannedLoader):
                 return
             self.replaced_images += int(np.asarray(replaced.as_tensor()).sum())
             flips = np.asarray(mirror[0].as_tensor()) if mirror else None
-            yield self.torch_resize(crops, flips), torch.from_numpy(np.array(labels.as_tensor())).view(-1)
+            yield self.torch_resize(crops, flips, size), torch.from_numpy(np.array(labels.as_tensor())).view(-1)
 
     def __iter__(self):
         step = self._start

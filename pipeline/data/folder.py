@@ -18,6 +18,7 @@ from pipeline.data.augment import random_resized_crop
 from pipeline.data import bad_images
 from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
+from pipeline.data.resolution import val_resize_shorter, val_size
 from pipeline.data.shards import ShardMember, is_shard_split, read_bytes, scan_shards
 from pipeline.data.types import DataError
 
@@ -110,32 +111,32 @@ def load_rgb(path: str | ShardMember) -> Image.Image:
 
 
 class TrainTransform:
-    """RandomResizedCrop + horizontal flip with the window from `augment` (shared with DALI)."""
+    """RandomResizedCrop + horizontal flip with the window from `augment` (shared with DALI), to the
+    size the loader passes with each sample (the epoch's, under progressive resizing)."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.size, self.scale, self.ratio, self.hflip = cfg.image_size, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip
 
-    def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:
+    def __call__(self, img: Image.Image, seed: int, size: int = 0) -> torch.Tensor:
+        size = size or self.size
         w = random_resized_crop(seed, img.width, img.height, self.scale, self.ratio, self.hflip)
-        img = v2.functional.resized_crop(img, w.top, w.left, w.height, w.width, [self.size, self.size], antialias=True)
+        img = v2.functional.resized_crop(img, w.top, w.left, w.height, w.width, [size, size], antialias=True)
         if w.flip:
             img = v2.functional.horizontal_flip(img)
         return v2.functional.pil_to_tensor(img)
 
 
-def val_resize_shorter(cfg: DataConfig) -> int:
-    """The evaluation view resizes the shorter side to this, then center-crops image_size."""
-    return round(cfg.image_size / cfg.crop_fraction)  # 224 / 0.875 = 256
-
-
 class ValTransform:
-    """Resize the shorter side, center crop: no randomness, the seed is ignored."""
+    """The evaluation view at data.val_image_size (`data.val_crop_mode`): no randomness, the seed is
+    ignored. center: shorter side to size / crop_fraction, center crop; squash: the whole image to
+    that square, center crop."""
 
     def __init__(self, cfg: DataConfig) -> None:
-        self.steps = v2.Compose([v2.Resize(val_resize_shorter(cfg), antialias=True), v2.CenterCrop(cfg.image_size),
-                                 v2.PILToTensor()])
+        size, resized = val_size(cfg), val_resize_shorter(cfg)
+        resize = v2.Resize(resized if cfg.val_crop_mode == "center" else [resized, resized], antialias=True)
+        self.steps = v2.Compose([resize, v2.CenterCrop(size), v2.PILToTensor()])
 
-    def __call__(self, img: Image.Image, seed: int) -> torch.Tensor:  # noqa: ARG002
+    def __call__(self, img: Image.Image, seed: int, size: int = 0) -> torch.Tensor:  # noqa: ARG002
         return self.steps(img)
 
 
@@ -159,7 +160,7 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]):
         # The crop and flip depend on the sample's seed, a function of (run seed, epoch, index)
         # only: a resumed run and a run with any number of workers see identical augmentations.
-        index, seed = item
+        index, seed, *size = item  # the train size rides with the sample under progressive resizing
         for candidate in bad_images.candidates(index, len(self.samples)):
             path, label = self.samples[candidate]
             try:
@@ -167,7 +168,7 @@ class FolderDataset(torch.utils.data.Dataset):
             except _DECODE_ERRORS as exc:
                 bad_images.report(path, str(exc), self.on_bad_image)
                 continue
-            return finish_sample(self.transform(img, seed), self.normalize, self.hwc), label, int(candidate != index)
+            return finish_sample(self.transform(img, seed, *size), self.normalize, self.hwc), label, int(candidate != index)
         raise DataError(f"no readable image among the {len(self.samples)} of this split")
 
 

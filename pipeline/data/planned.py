@@ -5,6 +5,7 @@ import torch
 
 from pipeline.config import DataConfig
 from pipeline.data.normalize import Normalizer, PixelNormalizer
+from pipeline.data.resolution import scheduled, train_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.types import Placement
 
@@ -43,6 +44,9 @@ class TorchLoader(PlannedLoader):
         dataset.hwc = placement.channels_last
         self.workers = cfg.workers
         self.pin = placement.device.type == "cuda"
+        # Progressive resizing: each train sample carries its epoch's size to the worker that crops it
+        # (persistent workers keep their own copy of the dataset, so an attribute set here would not reach them).
+        self.cfg = cfg if plan.train and scheduled(cfg) else None
         self._loader = None
 
     # The DataLoader iterates this object as its batch sampler, in the main process, so one
@@ -51,7 +55,11 @@ class TorchLoader(PlannedLoader):
         return self.plan.steps_per_epoch() - self._start
 
     def _batch_sampler_iter(self):
-        return iter(self.plan.batches(self._epoch, self._start))
+        batches = self.plan.batches(self._epoch, self._start)
+        if self.cfg is None:
+            return iter(batches)
+        size = train_size(self.cfg, self._epoch)
+        return iter([[(index, seed, size) for index, seed in batch] for batch in batches])
 
     def __iter__(self):
         if self._loader is None:

@@ -4,30 +4,41 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import DataConfig
+from pipeline.data.resolution import train_size, val_size
 from pipeline.data.types import Placement
 
 
 class SyntheticLoader:
-    """Random tensors resident on the device: measures the model, not the input pipeline."""
+    """Random tensors resident on the device: measures the model, not the input pipeline. The
+    image size follows the epoch's train size (progressive resizing) or the evaluation size."""
 
     backend = "synthetic"
     replaced_images = 0  # no files, none to replace
 
     def __init__(self, cfg: DataConfig, num_classes: int, placement: Placement, train: bool, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed + placement.rank)
-        fmt = torch.channels_last if placement.channels_last else torch.contiguous_format
-        shape = (cfg.batch_size, 3, cfg.image_size, cfg.image_size)
-        self.images = torch.randn(shape, generator=gen).to(placement.device).contiguous(memory_format=fmt)
+        self.cfg, self.placement, self.train = cfg, placement, train
+        self.gen_seed = seed + placement.rank
+        gen = torch.Generator().manual_seed(self.gen_seed)
+        self.images = self._images(train_size(cfg, 0) if train else val_size(cfg), gen)
         self.labels = torch.randint(0, num_classes, (cfg.batch_size,), generator=gen).to(placement.device)
         per_rank = max(1, cfg.synthetic_samples // cfg.batch_size) if train else 1
         self._steps, self._start = per_rank, 0
         self.num_samples = per_rank * cfg.batch_size * placement.world_size
+
+    def _images(self, size: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        gen = gen or torch.Generator().manual_seed(self.gen_seed * 10_007 + size)
+        fmt = torch.channels_last if self.placement.channels_last else torch.contiguous_format
+        shape = (self.cfg.batch_size, 3, size, size)
+        return torch.randn(shape, generator=gen).to(self.placement.device).contiguous(memory_format=fmt)
 
     def steps_per_epoch(self) -> int:
         return self._steps
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self._start = start_step
+        size = train_size(self.cfg, epoch) if self.train else val_size(self.cfg)
+        if self.images.shape[-1] != size:
+            self.images = self._images(size)
 
     def __iter__(self):
         for _ in range(self._start, self._steps):

@@ -89,7 +89,15 @@ def get_spec(name: str) -> ModelSpec:
 
 def build_model(cfg: ModelConfig, num_classes: int | None = None) -> nn.Module:
     """Build the model named by cfg.name with cfg's block options; num_classes overrides cfg's."""
-    classes = num_classes or cfg.num_classes
+    model = _build(cfg, num_classes or cfg.num_classes)
+    if cfg.blurpool:
+        from pipeline.models.blurpool import apply_blurpool
+
+        apply_blurpool(model)
+    return model
+
+
+def _build(cfg: ModelConfig, classes: int) -> nn.Module:
     if cfg.name.startswith("timm/"):
         import timm
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import to_dict
+from pipeline.data.resolution import val_size
 from pipeline.trained import TrainedModel, load_trained
 
 FORMATS = {"safetensors": ".safetensors", "torchscript": ".pt", "onnx": ".onnx"}
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _example(trained: TrainedModel) -> torch.Tensor:
-    size = trained.cfg.data.image_size
+    size = val_size(trained.cfg.data)  # the size the run evaluates at
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 

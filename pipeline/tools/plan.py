@@ -1,16 +1,20 @@
 """`pipeline plan`: what a job will do at the scale it is launched at, before it runs.
 
   pipeline plan --config configs/imagenet/resnet152.yaml --nodes 2 --gpus-per-node 8 [key=value ...]
+  pipeline plan -c configs/imagenet/resnet50_fast_16ep.yaml --gpus-per-node 8 --interconnect-gbps 1600
 
-Prints the plan (pipeline/training/plan.py) and, last, the same as one JSON line.
+Prints the plan (pipeline/training/plan.py), the predicted scaling over 1, 2, 4 ... nodes
+(pipeline/training/scaling.py: its assumptions are stated there) and, last, the plan as one JSON line.
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from pipeline.config import load_config
-from pipeline.training.plan import format_plan, make_plan
+from pipeline.config import ConfigError, RootConfig, load_config
+from pipeline.data.resolution import train_sizes
+from pipeline.training import scaling
+from pipeline.training.plan import RECORDED_IMG_PER_SEC, format_plan, make_plan, train_images
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,6 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", default="",
                    help="a run to go on at this size: what its resume will do (accumulation, position), or why it "
                         "is refused")
+    p.add_argument("--img-per-sec", type=float, default=0.0,
+                   help="per-GPU training img/s to plan with (default: the rate recorded for the model)")
+    p.add_argument("--img-per-sec-size", type=int, default=224, help="the image size --img-per-sec was measured at")
+    p.add_argument("--interconnect-gbps", type=float, default=scaling.DEFAULT_INTERCONNECT_GBPS,
+                   help="all-reduce bus bandwidth across nodes in Gbit/s, the node's NICs together (NCCL busbw): "
+                        + "; ".join(f"{name} {gbps:g}" for name, gbps in scaling.FABRICS_GBPS.items()))
+    p.add_argument("--nvlink-gbps", type=float, default=scaling.DEFAULT_NVLINK_GBPS,
+                   help="all-reduce bus bandwidth within one node in Gbit/s (default 300 GB/s)")
+    p.add_argument("--overlap", type=float, default=1.0,
+                   help="share of the backward pass that hides the all-reduce (1: DDP's full overlap, 0: none)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -39,7 +53,17 @@ def main(args: argparse.Namespace) -> int:
             cfg, line = elastic.adapt(cfg, world, recorded)  # a refusal is a ConfigError: one line, exit 2
             print(line.replace("resumed", "resumes") if line else
                   f"resumes at the same world {world} from step {recorded.get('global_step', 0)}")
-    plan = make_plan(cfg, world)
+    if min(args.interconnect_gbps, args.nvlink_gbps) <= 0 or not 0 <= args.overlap <= 1 or args.img_per_sec < 0:
+        raise ConfigError(f"--interconnect-gbps {args.interconnect_gbps:g} and --nvlink-gbps {args.nvlink_gbps:g} must "
+                          f"be > 0, --overlap {args.overlap:g} within [0, 1], --img-per-sec {args.img_per_sec:g} >= 0")
+    rate = ((args.img_per_sec, args.img_per_sec_size, "given by --img-per-sec") if args.img_per_sec
+            else RECORDED_IMG_PER_SEC.get(cfg.model.name))
+    table = _scaling(cfg, args, rate)
+    row = next((r for r in table if r["nodes"] == args.nodes), None)
+    efficiency, why = (row["efficiency"], f"scaling efficiency {row['efficiency']:.1%} at {args.nodes} node(s) by the "
+                       "all-reduce model") if row else (1.0, "")
+    plan = make_plan(cfg, world, rate=rate, efficiency=efficiency, efficiency_source=why)
+    plan["scaling"] = table
     if args.resume and recorded is not None and plan.get("steps_per_epoch"):
         done, in_epoch = recorded.get("global_step", 0), recorded.get("step_in_epoch", 0)
         left_in_epoch = (plan["steps_per_epoch"] - in_epoch) * plan["global_batch"]
@@ -49,5 +73,44 @@ def main(args: argparse.Namespace) -> int:
     title = (f"plan: {args.config or 'the defaults (demo job)'} on {args.nodes} node(s) x {args.gpus_per_node} "
              f"GPU(s), model {cfg.model.name}")
     print("\n".join(format_plan(plan, title)))
+    print("\n".join(_format_scaling(table, args)))
     print(json.dumps({"config": args.config, "model": cfg.model.name, **plan}))
     return 0
+
+
+def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, str] | None) -> list[dict]:
+    """The all-reduce model's table at the size most epochs train at; [] without a rate."""
+    if rate is None or args.gpus_per_node < 1:
+        return []
+    import torch
+
+    from pipeline.models import build_model
+
+    with torch.device("meta"):  # the parameter count without allocating the weights
+        model = build_model(cfg.model, cfg.model.num_classes or 1000)
+    gradient_bytes = 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)  # fp32 gradients
+    sizes = train_sizes(cfg.data, cfg.trainer.epochs)
+    size = max(set(sizes), key=sizes.count)
+    fabric = scaling.Fabric(args.interconnect_gbps, args.nvlink_gbps, args.overlap, cfg.distributed.bucket_cap_mb)
+    per_gpu = scaling.rate_at(rate[0], rate[1], size)
+    images, _ = train_images(cfg, args.nodes * args.gpus_per_node)
+    rows = scaling.scaling_table(cfg.data.batch_size, per_gpu, gradient_bytes, args.gpus_per_node,
+                                 scaling.node_counts(args.nodes), images, fabric)
+    for row in rows:
+        row.update(image_size=size, gradient_mb=round(gradient_bytes / 2**20, 1))
+    return rows
+
+
+def _format_scaling(table: list[dict], args: argparse.Namespace) -> list[str]:
+    if not table:
+        return ["scaling: no per-GPU rate for this model (give --img-per-sec)"]
+    first = table[0]
+    lines = [f"scaling at {first['image_size']} px, {args.gpus_per_node} GPU(s) per node, {first['gradient_mb']} MB of fp32 "
+             f"gradients, ring all-reduce at {args.nvlink_gbps:g} Gbit/s in a node and {args.interconnect_gbps:g} "
+             f"across nodes, overlap {args.overlap:g} (pipeline/training/scaling.py):",
+             "  nodes  GPUs    img/s  efficiency  all-reduce ms  exposed ms  min/epoch"]
+    for r in table:
+        epoch = f"{r['epoch_minutes']:9.2f}" if r["epoch_minutes"] is not None else "        ?"
+        lines.append(f"  {r['nodes']:5d} {r['gpus']:5d} {r['img_per_sec']:8.0f} {r['efficiency']:10.1%} "
+                     f"{r['allreduce_ms']:14.2f} {r['exposed_ms']:11.2f} {epoch}")
+    return lines

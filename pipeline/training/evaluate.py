@@ -18,15 +18,17 @@ from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, make
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, rt: Runtime, prefix: str = "val") -> dict:
-    """Top-1/top-5/loss over the whole split; each image counted once across ranks."""
+def evaluate(model: torch.nn.Module, loader, rt: Runtime, prefix: str = "val", flip: bool = False) -> dict:
+    """Top-1/top-5/loss over the whole split; each image counted once across ranks. `flip`
+    (trainer.tta_flip): the logits are the mean of the image's and its mirror image's."""
     model.eval()
     totals = torch.zeros(4, device=rt.device, dtype=torch.float64)  # loss sum, top1, top5, count
     loader.set_epoch(0)
     for images, labels in loader:
         with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.use_autocast):
-            logits = model(images)
-        logits = logits.float()
+            logits = model(images).float()
+            if flip:  # width is the last dim of the NCHW view in either memory format
+                logits = (logits + model(images.flip(3)).float()) / 2
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
         totals += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
@@ -71,7 +73,7 @@ def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
         model = build_model(cfg.model, cfg.model.num_classes or data.num_classes)
         model.load_state_dict(state["model"])
         _, module = wrap_model(model, cfg, dataclasses.replace(rt, engine_kind="single"))  # no DDP to evaluate
-        metrics = evaluate(module, data.val, rt)
+        metrics = evaluate(module, data.val, rt, flip=cfg.trainer.tta_flip)
         return {"checkpoint": str(path), "step": state["progress"]["global_step"], **metrics}
     finally:
         dist_utils.shutdown()

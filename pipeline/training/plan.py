@@ -9,14 +9,15 @@ from pathlib import Path
 
 from pipeline.config import RootConfig
 from pipeline.data.folder import IMAGE_EXTENSIONS
+from pipeline.data.resolution import scheduled, size_runs, train_sizes, val_resize_shorter, val_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.optim import scaled_lr, warmup_epochs_for
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
-# Throughput recorded in docs/benchmarks.md, per GPU, for the time estimate (model: img/s, where).
+# Throughput recorded in docs/benchmarks.md, per GPU, for the time estimate (model: img/s, at px, where).
 RECORDED_IMG_PER_SEC = {
-    "resnet50": (4715.0, "one H200, bf16 channels_last, batch 256, eager, synthetic data: training steps only, "
-                         "no data loading or validation (docs/benchmarks.md, issue 7)"),
+    "resnet50": (4715.0, 224, "one H200, bf16 channels_last, batch 256, eager, synthetic data: training steps "
+                              "only, no data loading or validation (docs/benchmarks.md, issue 7)"),
 }
 
 
@@ -41,8 +42,11 @@ def train_images(cfg: RootConfig, world_size: int) -> tuple[int | None, str]:
     return None, f"unknown: {root} not found here"
 
 
-def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, images_source: str = "") -> dict:
-    """The plan as a flat-ish dict (JSON-ready). `images`: the train split's size when known."""
+def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, images_source: str = "",
+              rate: tuple[float, int, str] | None = None, efficiency: float = 1.0, efficiency_source: str = "") -> dict:
+    """The plan as a flat-ish dict (JSON-ready). `images`: the train split's size when known.
+    `rate`: (per-GPU img/s, measured at px, where) instead of RECORDED_IMG_PER_SEC's; `efficiency`:
+    the scaling model's at this layout (pipeline/training/scaling.py), 1.0 for linear scaling."""
     if images is None:
         images, images_source = train_images(cfg, world_size)
     o, t = cfg.optim, cfg.trainer
@@ -54,8 +58,10 @@ def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, image
             "global_batch": global_batch, "bn_batch": cfg.data.batch_size * (world_size if cfg.distributed.sync_bn else 1),
             "lr": lr, "lr_rule": (f"{o.lr} per {o.base_batch} images x {global_batch}/{o.base_batch}"
                                   if o.base_batch > 0 else f"{o.lr} as set (base_batch=0: not scaled)"),
-            "warmup_epochs": warmup_epochs, "warmup_reason": warmup_reason, "schedule": o.schedule,
+            "warmup_epochs": warmup_epochs, "warmup_reason": warmup_reason, "warmup_lr": o.warmup_lr, "schedule": o.schedule,
             "epochs": t.epochs, "images_per_epoch": images, "images_source": images_source,
+            "image_sizes": [list(run) for run in size_runs(train_sizes(cfg.data, t.epochs))],
+            "val_image_size": val_size(cfg.data), "val_view": _val_view(cfg),
             "expected": _expected_note(cfg.expected, global_batch)}
     if images is None:
         return {**plan, "steps_per_epoch": None, "total_steps": None, "warmup_steps": None, "decay": [],
@@ -64,8 +70,17 @@ def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, image
     total = t.epochs * steps if t.max_steps <= 0 else min(t.epochs * steps, t.max_steps)
     plan.update(steps_per_epoch=steps, total_steps=total, warmup_steps=int(warmup_epochs * steps) + o.warmup_steps,
                 decay=_decay_points(cfg, steps, lr))
-    plan.update(_estimate(cfg, world_size, total, global_batch, steps))
+    plan.update(_estimate(cfg, world_size, total, global_batch, steps, rate or RECORDED_IMG_PER_SEC.get(cfg.model.name),
+                          efficiency, efficiency_source))
     return plan
+
+
+def _val_view(cfg: RootConfig) -> str:
+    d = cfg.data
+    shorter = val_resize_shorter(d)
+    view = (f"shorter side to {shorter}, center crop {val_size(d)}" if d.val_crop_mode == "center"
+            else f"squashed to {shorter}x{shorter}, center crop {val_size(d)}")
+    return view + (", flip TTA" if cfg.trainer.tta_flip else "")
 
 
 def _expected_note(expected: dict, global_batch: int) -> str:
@@ -92,17 +107,32 @@ def _decay_points(cfg: RootConfig, steps_per_epoch: int, lr: float) -> list[dict
     return [{"step": s, "epoch": round(s / steps_per_epoch, 2), "lr": lr * o.gamma ** (i + 1)} for i, s in enumerate(at)]
 
 
-def _estimate(cfg: RootConfig, world_size: int, total_steps: int, global_batch: int, steps_per_epoch: int) -> dict:
-    recorded = RECORDED_IMG_PER_SEC.get(cfg.model.name)
+def _estimate(cfg: RootConfig, world_size: int, total_steps: int, global_batch: int, steps_per_epoch: int,
+              recorded: tuple[float, int, str] | None, efficiency: float, efficiency_source: str) -> dict:
+    """Wall time from the per-GPU rate, scaled to each epoch's image size (compute ~ pixels) and by
+    the scaling model's efficiency at this layout."""
+    from pipeline.training.scaling import rate_at
+
     if recorded is None:
         known = ", ".join(sorted(RECORDED_IMG_PER_SEC))
-        return {"estimate": f"unknown: no throughput recorded for {cfg.model.name} (recorded: {known})"}
-    per_gpu, source = recorded
-    seconds = total_steps * global_batch / (per_gpu * world_size)  # assumes linear scaling across GPUs
+        return {"estimate": f"unknown: no throughput recorded for {cfg.model.name} (recorded: {known}; "
+                            "`pipeline plan --img-per-sec N` gives one)"}
+    per_gpu, at_size, source = recorded
+    seconds, left = 0.0, total_steps
+    for size in train_sizes(cfg.data, cfg.trainer.epochs):
+        steps = min(steps_per_epoch, left)
+        seconds += steps * global_batch / (rate_at(per_gpu, at_size, size) * world_size * efficiency)
+        left -= steps
+    fixed = total_steps * global_batch / (rate_at(per_gpu, at_size, cfg.data.image_size) * world_size * efficiency)
     every = cfg.trainer.checkpoint_every or steps_per_epoch
-    return {"estimate": f"{per_gpu:,.0f} img/s per GPU, {source}; linear scaling across GPUs assumed",
-            "wall_hours": round(seconds / 3600, 2), "gpu_hours": round(seconds * world_size / 3600, 1),
-            "checkpoint_minutes": round(every * global_batch / (per_gpu * world_size) / 60, 1)}
+    scaling = efficiency_source or "linear scaling across GPUs assumed"
+    out = {"estimate": f"{per_gpu:,.0f} img/s per GPU at {at_size} px, {source}; compute scaled by pixels; {scaling}",
+           "wall_hours": round(seconds / 3600, 2), "gpu_hours": round(seconds * world_size / 3600, 1),
+           "checkpoint_minutes": round(every * global_batch / (rate_at(per_gpu, at_size, cfg.data.image_size)
+                                                             * world_size * efficiency) / 60, 1)}
+    if scheduled(cfg.data):  # what progressive resizing saves against the final size throughout
+        out["size_effect"] = round(seconds / fixed, 3)
+    return out
 
 
 def format_plan(plan: dict, title: str) -> list[str]:
@@ -116,9 +146,14 @@ def format_plan(plan: dict, title: str) -> list[str]:
         lines.append(f"  paper number      {p['expected']}")
     if p["total_steps"] is None:
         return lines + [f"  images per epoch  {p['images_source']}", f"  estimate          {p['estimate']}"]
-    warmup = (f"{p['warmup_epochs']:g} epochs = {p['warmup_steps']:,} steps, linear from 0"
+    warmup = (f"{p['warmup_epochs']:g} epochs = {p['warmup_steps']:,} steps, linear from {p.get('warmup_lr', 0):g}"
               if p["warmup_steps"] else "none") + f" ({p['warmup_reason']})"
     decay = ", ".join(f"x{d['lr'] / p['lr']:.3g} at epoch {d['epoch']:g} (step {d['step']:,})" for d in p["decay"])
+    sizes = ", ".join(f"{size} px epochs {first + 1}-{last + 1}" if last > first else f"{size} px epoch {first + 1}"
+                      for first, last, size in p["image_sizes"])
+    lines += [f"  image size        train {sizes}; val {p['val_view']}"]
+    if "size_effect" in p:
+        lines.append(f"  resizing effect   x{p['size_effect']:g} of the training time at the final size throughout")
     lines += [f"  warmup            {warmup}",
               f"  schedule          {p['schedule']}" + (f": {decay}" if decay else ""),
               f"  images per epoch  {p['images_per_epoch']:,} ({p['images_source']})",
