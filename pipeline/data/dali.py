@@ -25,10 +25,10 @@ from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.encoded import EncodedBatches
 from pipeline.data.folder import load_rgb, split_samples
-from pipeline.data.normalize import PixelNormalizer
 from pipeline.data.planned import PlannedLoader
 from pipeline.data.resolution import train_size, val_resize_shorter, val_size
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.torch_resize import TorchResize
 from pipeline.data.types import DataBundle, DataError, Placement
 
 # Host/device scratch the decoder reserves up front so it does not reallocate as image sizes vary;
@@ -64,11 +64,9 @@ def window_crops(jpegs, start, shape, decode_device: str):
 
 
 def center_crops(jpegs, cfg: DataConfig, decode_device: str):
-    """The region the evaluation view keeps (`data.val_crop_mode`), decoded alone. center: the
-    square that "resize the shorter side to val_size / crop_fraction, then center-crop val_size"
-    keeps; squash: the central crop_fraction of each side (the whole image squashed to a square, then
-    center-cropped). Resizing it to val_size gives the view while decoding ~crop_fraction^2 of the
-    pixels and resizing fewer."""
+    """The region the evaluation view (`data.val_crop_mode`) keeps, decoded alone: center, the
+    square of side shorter x crop_fraction; squash, the central crop_fraction of each side. Resized
+    to val_size it is the view, with ~crop_fraction^2 of the pixels decoded."""
     shape = fn.peek_image_shape(jpegs, adjust_orientation=False)  # H, W, C from the header, no decode
     kept = val_size(cfg) / val_resize_shorter(cfg)
     if cfg.val_crop_mode == "squash":
@@ -101,8 +99,7 @@ def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, 
                    size: int, parallel: bool = False):
     """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
     and flips come from the source with the bytes, so the graph itself draws no random numbers.
-    `size` is the pass's (epoch's) train size: a pipeline serves one pass, so progressive resizing
-    costs no rebuild beyond the one each pass already has.
+    `size`: the pass's train size (a pipeline serves one pass: a new size costs no extra build).
 
     Without `resize_in_dali` the graph ends at the decoded crops and each sample's flip decision,
     and `TorchResize` does the rest (the CPU default). The last output flags replaced files.
@@ -124,41 +121,6 @@ def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, la
     if resize_in_dali:
         return resize_normalize(images, cfg, size, op_device, layout, antialias=True), labels, replaced
     return images, labels, replaced
-
-
-class TorchResize:
-    """Resize decoded crops (uint8 HWC, any size) to size x size, flip, normalize, in torch.
-
-    torch's uint8 channels-last bilinear kernel is vectorized; on CPU it costs 0.11-0.16 core-ms
-    per ImageNet crop against 0.72-0.79 for DALI's CPU resampler, both antialiased
-    (bench/cpu_resize.py, docs/benchmarks.md). Each crop is resized into a reused uint8 batch, then
-    the whole batch is normalized in one pass.
-    """
-
-    def __init__(self, cfg: DataConfig, channels_last: bool, antialias: bool) -> None:
-        self.antialias, self.channels_last = antialias, channels_last
-        self.staging = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
-        self.normalize = PixelNormalizer(cfg.mean, cfg.std)
-
-    def __call__(self, crops, mirror: np.ndarray | None, size: int) -> torch.Tensor:
-        n = len(crops)
-        if self.staging.shape[0] < n or self.staging.shape[1] != size:  # a new size: progressive resizing
-            self.staging = torch.empty(n, size, size, 3, dtype=torch.uint8)
-        threads = torch.get_num_threads()
-        # One crop is too small to split across threads, and splitting it competes with DALI's own
-        # decode threads (two threads here made the whole loader slower when tried).
-        torch.set_num_threads(1)
-        try:
-            for i in range(n):
-                crop = torch.from_numpy(np.asarray(crops[i])).unsqueeze(0).permute(0, 3, 1, 2)  # NHWC memory
-                resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear",
-                                                          antialias=self.antialias)[0].permute(1, 2, 0)
-                self.staging[i].copy_(resized.flip(1) if mirror is not None and mirror[i] else resized)
-            out = self.normalize(self.staging[:n])
-        finally:
-            torch.set_num_threads(threads)
-        images = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: torch's channels_last
-        return images if self.channels_last else images.contiguous()
 
 
 def _dali_device_id(device: torch.device) -> int | None:
@@ -192,8 +154,7 @@ class DaliLoader(PlannedLoader):
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
         self.pipelines_built = 0  # one per pass (epoch or resumed part of one), whatever the sizes
 
-    def size(self) -> int:
-        """This pass's image size: the epoch's train size, or the evaluation size."""
+    def size(self) -> int:  # this pass's: the epoch's train size, or the evaluation size
         return train_size(self.cfg, self._epoch) if self.train else val_size(self.cfg)
 
     def _pipeline(self, start: int):

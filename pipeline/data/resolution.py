@@ -56,3 +56,10 @@ def size_runs(sizes: list[int]) -> list[tuple[int, int, int]]:
         else:
             runs.append((epoch, epoch, size))
     return runs
+
+
+def size_note(cfg: DataConfig, epoch: int, resumed: bool = False) -> str:
+    """The log line when an epoch starts at a new train size (or a run resumes under a schedule)."""
+    if not scheduled(cfg) or (epoch > 0 and not resumed and train_size(cfg, epoch - 1) == train_size(cfg, epoch)):
+        return ""
+    return f"epoch {epoch + 1}: train image size {train_size(cfg, epoch)} px (progressive resizing)"

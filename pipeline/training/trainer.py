@@ -15,8 +15,8 @@ from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline import faults
 from pipeline.config import RootConfig, to_dict
-from pipeline.data import Placement, build_data, resolution
-from pipeline.data.resolution import train_size
+from pipeline.data import Placement, build_data
+from pipeline.data.resolution import size_note, train_size
 from pipeline.engines import build_engine
 from pipeline.metrics import MetricsLog, Progress
 from pipeline.models import build_model, count_parameters
@@ -103,7 +103,6 @@ class Trainer:
         self.nonfinite_windows = 0  # consecutive log windows with a non-finite loss
         self.train_top1_windows: list[float] = []  # train top-1 of each log window since the last validation
         self.alerts: list[str] = []  # warnings raised while training (W&B alerts too)
-        self.image_size = train_size(cfg.data, 0)  # this epoch's (progressive resizing)
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_state(self) -> dict:
@@ -149,7 +148,7 @@ class Trainer:
         self.log_line(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
 
     def log_line(self, text: str) -> None:
-        if self.rt.is_main:
+        if self.rt.is_main and text:
             print(text, flush=True)
 
     # -- the loop ----------------------------------------------------------------------------
@@ -157,10 +156,7 @@ class Trainer:
         """Returns False when the run must stop early (max_steps or a stop signal)."""
         s, world_size = self.state, self.rt.world.world_size
         self.data.train.set_epoch(s.epoch, s.step_in_epoch * self.accumulation)
-        self.image_size = train_size(self.cfg.data, s.epoch)
-        if resolution.scheduled(self.cfg.data) and (s.epoch == 0 or train_size(self.cfg.data, s.epoch - 1) != self.image_size
-                                                    or s.step_in_epoch):
-            self.log_line(f"epoch {s.epoch + 1}: train image size {self.image_size} px (progressive resizing)")
+        self.log_line(size_note(self.cfg.data, s.epoch, resumed=s.step_in_epoch > 0))
         batches = iter(self.data.train)
         window = LogWindow(self.rt.device, world_size)
         while s.step_in_epoch < self.steps_per_epoch:
@@ -216,7 +212,7 @@ class Trainer:
         self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
                           "train/loss": stats.mean_loss, "train/top1": stats.top1, "train/lr": lr,
                           "train/img_per_sec": stats.img_per_sec, "train/data_wait": stats.data_wait,
-                          "train/image_size": self.image_size})
+                          "train/image_size": train_size(self.cfg.data, s.epoch)})
         progress.train_line(s.epoch, self.cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch, s.global_step,
                             stats.mean_loss, lr, stats.img_per_sec, stats.data_wait)
 
@@ -236,10 +232,9 @@ class Trainer:
         """Evaluate on the val split (and the EMA weights), log it, keep the best top-1."""
         s = self.state
         self.engine.sync_buffers()
-        flip = self.cfg.trainer.tta_flip
-        s.last_val = evaluate(self.engine.module, self.data.val, self.rt, flip=flip)
+        s.last_val = evaluate(self.engine.module, self.data.val, self.rt, flip=self.cfg.trainer.tta_flip)
         if self.ema is not None:
-            s.last_val.update(evaluate(self.ema.module, self.data.val, self.rt, prefix="val_ema", flip=flip))
+            s.last_val.update(evaluate(self.ema.module, self.data.val, self.rt, "val_ema", self.cfg.trainer.tta_flip))
         set_train_mode(self.engine.wrapped, self.cfg.model.frozen_bn)
         s.best_top1 = max(s.best_top1, s.last_val["val/top1"])
         self.metrics.log({"step": s.global_step, "epoch": epoch, **s.last_val})
