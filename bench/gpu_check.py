@@ -316,6 +316,31 @@ class Check:
                 f"{rates[('train', 'dali/shards')]:.0f}; val: folder {rates[('val', 'dali')]:.0f}, shards "
                 f"{rates[('val', 'dali/shards')]:.0f}; feed on shards: " + ", ".join(feed_rates))
 
+    def step_progressive_resizing(self) -> str:
+        """Issue 28: training img/s at 160/192/224 px (ResNet-50 and -18, bf16 channels_last) as
+        ratios in one run, and a short 2-epoch run whose train size changes 160 -> 192 px through
+        DALI's mixed decoder, validating at 256 with flip TTA."""
+        self._need_dali()
+        rate_args = (["--models", "resnet18", "--sizes", "32,48", "--batch", "4", "--steps", "1", "--repeats", "1"]
+                     if self.dry else ["--batch", "256", "--steps", "10", "--repeats", "3", "--device", "cuda"])
+        proc = self.cli("--precision", "bf16", "--channels-last", *rate_args, script=str(REPO / "bench" / "size_rate.py"))
+        rates = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+        start, end, val = (24, 32, 40) if self.dry else (160, 192, 256)
+        model = (["model.name=resnet20", "data.batch_size=16"] if self.dry else
+                 ["model.name=resnet50", "data.batch_size=256", "data.scale=[0.08,1.0]"])
+        summary = self.train("progressive", *model, f"data.path={self.jpegs}", f"data.workers={self.workers}",
+                             "trainer.epochs=2", f"data.image_size_start={start}", f"data.image_size={end}",
+                             "data.size_ramp=[0,1]", f"data.size_step={8 if self.dry else 32}", f"data.val_image_size={val}", "trainer.tta_flip=true", "model.blurpool=true",
+                             "optim.schedule=triangular", "data.backend=dali", *self.device_overrides)
+        log = self.log_path.read_text()
+        seen = [f"train image size {size} px" in log for size in (start, end)]
+        if not all(seen) or summary["data_backend"] != "dali" or summary["final/val/top1"] is None:
+            raise Failed(f"sizes seen {seen}, backend {summary['data_backend']}, val {summary['final/val/top1']}")
+        ratios = "; ".join(f"{m} " + ", ".join(f"{s} px {r['img_per_sec']:.0f} img/s (x{r['ratio_to_largest']:.2f}, "
+                                               f"pixel rule x{r['pixel_rule']:.2f})" for s, r in by.items())
+                           for m, by in rates.items())
+        return f"{ratios}; DALI run {start} -> {end} px, val {val} + TTA: {summary['train/img_per_sec']:.0f} img/s"
+
     def step_torchvision_gpu_decode(self) -> str:
         if self.dry:
             raise Skip("decode_jpeg(device='cuda') needs a GPU")
@@ -324,7 +349,8 @@ class Check:
 
     STEPS = ("environment", "bench_train", "bench_train_compiled", "cuda_graphs_match_eager", "fp16_gradscaler",
              "syncbn_one_process_nccl", "deepspeed_zero1", "deepspeed_zero2", "checkpoint_kill_resume_eval",
-             "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "torchvision_gpu_decode")
+             "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "progressive_resizing",
+             "torchvision_gpu_decode")
 
     def run(self, only: list[str]) -> int:
         for name in self.STEPS:

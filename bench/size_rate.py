@@ -1,7 +1,7 @@
 """Training img/s at several image sizes, as ratios in one run (issue 28: progressive resizing).
 
   python bench/size_rate.py [--models resnet50,resnet18] [--sizes 160,192,224] [--batch 16]
-                            [--repeats 5] [--steps 3] [--precision fp32]
+                            [--repeats 5] [--steps 3] [--precision fp32] [--device cpu|cuda]
 
 Each repeat times `--steps` full training steps (forward, loss, backward, SGD step) at every size
 in turn, so a drifting machine affects all sizes alike; the median over repeats is reported, with
@@ -41,34 +41,40 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sizes = [int(s) for s in args.sizes.split(",")]
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     results = {}
     for name in args.models.split(","):
         torch.manual_seed(0)
-        model = build_model(load_config(None, [f"model.name={name}"]).model, 1000).to(memory_format=fmt)
+        model = build_model(load_config(None, [f"model.name={name}"]).model, 1000).to(device, memory_format=fmt)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
-        batches = {s: (torch.randn(args.batch, 3, s, s).contiguous(memory_format=fmt),
-                       torch.randint(0, 1000, (args.batch,))) for s in sizes}
+        batches = {s: (torch.randn(args.batch, 3, s, s, device=device).contiguous(memory_format=fmt),
+                       torch.randint(0, 1000, (args.batch,), device=device)) for s in sizes}
 
         def step(size: int) -> None:
             images, labels = batches[size]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
                 loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-        for size in sizes:  # warm-up: the allocator and oneDNN's kernels for each shape
+        for size in sizes:  # warm-up: the allocator and oneDNN's / cuDNN's kernels for each shape
+            step(size)
             step(size)
         times: dict[int, list[float]] = {s: [] for s in sizes}
         for _ in range(args.repeats):
             for size in sizes:
+                sync()
                 start = time.perf_counter()
                 for _ in range(args.steps):
                     step(size)
+                sync()  # a GPU runs ahead of the host: time the kernels, not their launch
                 times[size].append(time.perf_counter() - start)
         largest = max(sizes)
         rates = {s: args.batch * args.steps / statistics.median(times[s]) for s in sizes}
@@ -78,7 +84,8 @@ def main() -> None:
             r = results[name][s]
             print(f"{name:9s} {s:4d} px  {r['img_per_sec']:8.2f} img/s  x{r['ratio_to_largest']:.3f} of {largest} px "
                   f"(pixel rule x{r['pixel_rule']:.3f})", flush=True)
-    print(json.dumps({"machine": platform.processor() or platform.machine(), "cpu_flags": _cpu_flags(),
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(json.dumps({"machine": machine, "cpu_flags": _cpu_flags(),
                       "threads": torch.get_num_threads(), "torch": torch.__version__, "batch": args.batch,
                       "precision": args.precision, "channels_last": args.channels_last, "repeats": args.repeats,
                       "steps": args.steps, "results": results}))

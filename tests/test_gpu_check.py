@@ -12,7 +12,8 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow  # every step trains in a subprocess
 
 CPU_TWINS = {"environment", "bench_train", "fp16_gradscaler", "checkpoint_kill_resume_eval", "deepspeed_zero1",
-             "deepspeed_zero2", "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed"}
+             "deepspeed_zero2", "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed",
+             "progressive_resizing"}
 GPU_ONLY = {"bench_train_compiled", "cuda_graphs_match_eager", "syncbn_one_process_nccl", "torchvision_gpu_decode"}
 
 
