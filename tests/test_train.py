@@ -82,6 +82,11 @@ def test_eval_command_reproduces_final_accuracy(tmp_path, demo_data):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["val/samples"] == 130
     assert result["val/top1"] == pytest.approx(_summary(run)["final/val/top1"])
+    # The same checkpoint at its own evaluation size with flip TTA (issue 28): every image once.
+    proc = run_cli("eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.val_image_size=40",
+                   "trainer.tta_flip=true", check=True)
+    tta = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tta["val/samples"] == 130 and tta["val/loss"] != pytest.approx(result["val/loss"])
 
 
 @pytest.mark.parametrize("options", [

@@ -66,11 +66,37 @@ class TorchLoader(PlannedLoader):
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_sampler=_BatchSource(self), num_workers=self.workers, pin_memory=self.pin,
                 prefetch_factor=4 if self.workers else None, persistent_workers=self.workers > 0)
-        for images, labels, replaced in self._loader:
-            self.replaced_images += int(replaced.sum())
-            if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
-                images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
-            yield self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+        try:
+            for images, labels, replaced in self._loader:
+                yield self._finish(images, labels, replaced)
+        except (ConnectionResetError, EOFError, BrokenPipeError) as exc:
+            raise _dead_worker_error(self._loader, exc) from None
+
+    def _finish(self, images, labels, replaced):
+        self.replaced_images += int(replaced.sum())
+        if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
+            images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
+        return self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+
+
+def _dead_worker_error(loader, exc: Exception) -> Exception:
+    """A worker killed while it hands over a batch can surface as a reset connection (its shared
+    memory is passed over a socket) before torch's own check sees it dead. Name the dead worker as
+    torch does ("DataLoader worker (pid N) is killed by signal: ..."), so the trainer reports it
+    with its step; anything else is re-raised as it came."""
+    import signal
+    import time
+
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []  # torch's, private
+    deadline = time.monotonic() + 5.0  # SIGKILL is asynchronous: let the process finish dying
+    while time.monotonic() < deadline:
+        dead = [w for w in workers if not w.is_alive()]
+        if dead:
+            code = dead[0].exitcode or 0
+            how = f"is killed by signal: {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            return RuntimeError(f"DataLoader worker (pid {dead[0].pid}) {how} ({type(exc).__name__}: {exc})")
+        time.sleep(0.05)
+    return exc
 
 
 class _BatchSource:

@@ -153,7 +153,8 @@ def format_plan(plan: dict, title: str) -> list[str]:
                       for first, last, size in p["image_sizes"])
     lines += [f"  image size        train {sizes}; val {p['val_view']}"]
     if "size_effect" in p:
-        lines.append(f"  resizing effect   x{p['size_effect']:g} of the training time at the final size throughout")
+        lines.append(f"  resizing effect   x{p['size_effect']:g} of the training time at the final size throughout "
+                     "(compute ~ pixels: the best case, docs/benchmarks.md)")
     lines += [f"  warmup            {warmup}",
               f"  schedule          {p['schedule']}" + (f": {decay}" if decay else ""),
               f"  images per epoch  {p['images_per_epoch']:,} ({p['images_source']})",
