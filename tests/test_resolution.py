@@ -44,11 +44,13 @@ def test_bad_size_settings_are_refused(overrides, message):
         load_config(None, overrides)
 
 
-@pytest.mark.parametrize("backend", ["torchvision", "dali"])
-def test_backends_follow_the_schedule(demo_data, backend):
+@pytest.mark.parametrize("backend, resize", [("torchvision", "auto"), ("dali", "auto"), ("dali", "dali")])
+def test_backends_follow_the_schedule(demo_data, backend, resize):
+    """dali_resize=dali is the GPU graph's CPU twin: DALI itself resizes to the pass's size."""
     if backend == "dali":
         pytest.importorskip("nvidia.dali")
-    data = build_data(_cfg(demo_data, f"data.backend={backend}", "data.val_image_size=44").data, CPU, seed=0)
+    data = build_data(_cfg(demo_data, f"data.backend={backend}", "data.val_image_size=44",
+                           f"data.dali_resize={resize}").data, CPU, seed=0)
     for epoch, size in enumerate([24, 32, 40]):
         data.train.set_epoch(epoch, start_step=23)  # the last two batches of the epoch
         shapes = [tuple(images.shape) for images, _ in data.train]

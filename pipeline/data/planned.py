@@ -46,7 +46,7 @@ class TorchLoader(PlannedLoader):
         self.pin = placement.device.type == "cuda"
         # Progressive resizing: each train sample carries its epoch's size to the worker that crops it
         # (persistent workers keep their own copy of the dataset, so an attribute set here would not reach them).
-        self.cfg = cfg if plan.train and scheduled(cfg) else None
+        self.size_schedule = cfg if plan.train and scheduled(cfg) else None
         self._loader = None
 
     # The DataLoader iterates this object as its batch sampler, in the main process, so one
@@ -56,9 +56,9 @@ class TorchLoader(PlannedLoader):
 
     def _batch_sampler_iter(self):
         batches = self.plan.batches(self._epoch, self._start)
-        if self.cfg is None:
+        if self.size_schedule is None:
             return iter(batches)
-        size = train_size(self.cfg, self._epoch)
+        size = train_size(self.size_schedule, self._epoch)
         return iter([[(index, seed, size) for index, seed in batch] for batch in batches])
 
     def __iter__(self):

@@ -58,11 +58,12 @@ def main(args: argparse.Namespace) -> int:
                           f"be > 0, --overlap {args.overlap:g} within [0, 1], --img-per-sec {args.img_per_sec:g} >= 0")
     rate = ((args.img_per_sec, args.img_per_sec_size, "given by --img-per-sec") if args.img_per_sec
             else RECORDED_IMG_PER_SEC.get(cfg.model.name))
-    table = _scaling(cfg, args, rate)
+    images, images_source = train_images(cfg, world)  # counted once: a real train folder is 1.28 M files
+    table = _scaling(cfg, args, rate, images)
     row = next((r for r in table if r["nodes"] == args.nodes), None)
     efficiency, why = (row["efficiency"], f"scaling efficiency {row['efficiency']:.1%} at {args.nodes} node(s) by the "
                        "all-reduce model") if row else (1.0, "")
-    plan = make_plan(cfg, world, rate=rate, efficiency=efficiency, efficiency_source=why)
+    plan = make_plan(cfg, world, images, images_source, rate=rate, efficiency=efficiency, efficiency_source=why)
     plan["scaling"] = table
     if args.resume and recorded is not None and plan.get("steps_per_epoch"):
         done, in_epoch = recorded.get("global_step", 0), recorded.get("step_in_epoch", 0)
@@ -78,7 +79,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, str] | None) -> list[dict]:
+def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, str] | None,
+             images: int | None) -> list[dict]:
     """The all-reduce model's table at the size most epochs train at; [] without a rate."""
     if rate is None or args.gpus_per_node < 1:
         return []
@@ -93,7 +95,6 @@ def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, 
     size = max(set(sizes), key=sizes.count)
     fabric = scaling.Fabric(args.interconnect_gbps, args.nvlink_gbps, args.overlap, cfg.distributed.bucket_cap_mb)
     per_gpu = scaling.rate_at(rate[0], rate[1], size)
-    images, _ = train_images(cfg, args.nodes * args.gpus_per_node)
     rows = scaling.scaling_table(cfg.data.batch_size, per_gpu, gradient_bytes, args.gpus_per_node,
                                  scaling.node_counts(args.nodes), images, fabric)
     for row in rows:

@@ -12,6 +12,7 @@ from pipeline.data.folder import IMAGE_EXTENSIONS
 from pipeline.data.resolution import scheduled, size_runs, train_sizes, val_resize_shorter, val_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.optim import scaled_lr, warmup_epochs_for
+from pipeline.training.scaling import rate_at
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
 # Throughput recorded in docs/benchmarks.md, per GPU, for the time estimate (model: img/s, at px, where).
@@ -111,8 +112,6 @@ def _estimate(cfg: RootConfig, world_size: int, total_steps: int, global_batch: 
               recorded: tuple[float, int, str] | None, efficiency: float, efficiency_source: str) -> dict:
     """Wall time from the per-GPU rate, scaled to each epoch's image size (compute ~ pixels) and by
     the scaling model's efficiency at this layout."""
-    from pipeline.training.scaling import rate_at
-
     if recorded is None:
         known = ", ".join(sorted(RECORDED_IMG_PER_SEC))
         return {"estimate": f"unknown: no throughput recorded for {cfg.model.name} (recorded: {known}; "
