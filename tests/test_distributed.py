@@ -1,6 +1,7 @@
 """Multi-process runs through the real torchrun launcher, gloo on CPU."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -102,7 +103,11 @@ def test_failing_rank_ends_the_job_with_its_rank(tmp_path, demo_data):
                     "trainer.engine=deepspeed", "distributed.deepspeed_config=configs/deepspeed/missing.json",
                     timeout=300)
     assert proc.returncode != 0
-    assert "error (rank 0): DeepSpeed config not found" in proc.stderr
+    # Every rank reads the config and fails the same way; whichever reports first makes torchrun end
+    # the other, so either rank may be the one named (CI saw rank 1 once on the AMX machine).
+    named = re.findall(r"error \(rank (\d)\): DeepSpeed config not found: configs/deepspeed/missing.json",
+                       proc.stderr)
+    assert named and set(named) <= {"0", "1"}, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("engine", ["ddp", "deepspeed"])
