@@ -62,7 +62,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from pipeline.distributed import world_info_from_env
+    from pipeline.world import world_info_from_env
     from pipeline.training.evaluate import run_eval
 
     result = run_eval(cfg, args.checkpoint)
@@ -186,7 +186,7 @@ def _record_failure(rank: int, line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     code = _run(args)
-    from pipeline.distributed import world_info_from_env
+    from pipeline.world import world_info_from_env
 
     if world_info_from_env().world_size > 1:
         # Under torchrun or Slurm with gloo (torch 2.14.1) a rank could abort at interpreter exit,
@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one clear line for the user; PIPELINE_DEBUG=1 for the trace
-        from pipeline.distributed import world_info_from_env
+        from pipeline.world import world_info_from_env
 
         if os.environ.get("PIPELINE_DEBUG"):
             raise

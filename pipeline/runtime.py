@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainerConfig
-from pipeline.distributed import WorldInfo
+from pipeline.world import WorldInfo
 from pipeline.numerics import choose
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -3,7 +3,7 @@
 #
 # Why one task per GPU rather than one torchrun per node: Slurm is then the only process manager,
 # so its signals (preemption warning, scontrol requeue, time limit) reach every training process
-# directly; ranks come from SLURM_PROCID/SLURM_LOCALID (pipeline/distributed.py) and the
+# directly; ranks come from SLURM_PROCID/SLURM_LOCALID (pipeline/world.py) and the
 # rendezvous is the first host of the allocation, with no c10d store to place.
 #
 # Environment (all optional): PIPELINE_HOME (repo, default: submit dir), PIPELINE_PYTHON,

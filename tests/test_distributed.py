@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.distributed import first_host, world_info_from_env
+from pipeline.world import first_host, world_info_from_env
 from pipeline.metrics import read_metrics
 from tests.helpers import FAST, REPO, run_cli
 

@@ -60,12 +60,38 @@ def _final_model(run):
     return ckpt.load_latest(run)[1]["model"]
 
 
+def _common(demo_data, batch: int) -> list[str]:
+    return [*FAST, f"data.path={demo_data}", "trainer.precision=fp32", "model.frozen_bn=true", "trainer.epochs=2",
+            "trainer.max_steps=12", f"data.batch_size={batch}", "trainer.log_every=1", "trainer.checkpoint_every=5",
+            "optim.weight_decay=0.0001", "trainer.keep_checkpoints=10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, demo_data):
+    """The run that never stopped, one per (world, batch), under DDP, shared by every engine's case:
+    in fp32 DDP, ZeRO-0 and ZeRO-2 log the same losses to the last digit at the same world
+    (measured: 12 steps at world 2, docs/benchmarks.md), so a resumed ZeRO run is held to DDP's
+    trajectory, a stricter check than its own engine's, at 3 runs instead of 8."""
+    runs: dict[tuple[int, int], object] = {}
+
+    def get(world: int, batch: int, accumulation: int):
+        if (world, batch) not in runs:
+            run = tmp_path_factory.mktemp(f"straight-{world}x{batch}")
+            proc = torchrun(world, "train", *_common(demo_data, batch), "trainer.engine=ddp",
+                            f"optim.accumulation={accumulation}", f"trainer.run_dir={run}")
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[world, batch] = run
+        return runs[world, batch]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,first,second,batch", [("ddp", 2, 1, 16), ("ddp", 1, 2, 16), ("zero2", 2, 1, 16),
                                                         ("zero2", 1, 2, 16), ("zero2", 2, 3, 8), ("zero1", 1, 2, 16),
                                                         ("zero0", 2, 1, 16), ("ddp", 2, 3, 8)])
-def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_path, demo_data, engine, first, second,
-                                                                         batch):
+def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_path, demo_data, uninterrupted, engine,
+                                                                         first, second, batch):
     """Global batch 48 (16 x 3) or 24 (8 x 3 ranks): world 2 x 16 x 1 and world 1 x 16 x 2, or
     world 2 x 8 x 3 and world 3 x 8 x 2. A crash at step 7 (checkpoint at 5), resumed at the other
     size, against a run that never stopped at that size: the same logged losses after the resume
@@ -76,13 +102,8 @@ def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_pat
     acc = {w: global_batch // (batch * w) for w in (first, second)}
     engine_args = (["trainer.engine=ddp"] if engine == "ddp" else
                    ["trainer.engine=deepspeed", f"distributed.zero_stage={engine[-1]}"])
-    common = [*FAST, f"data.path={demo_data}", "trainer.precision=fp32", "model.frozen_bn=true", "trainer.epochs=2",
-              "trainer.max_steps=12", f"data.batch_size={batch}", "trainer.log_every=1", "trainer.checkpoint_every=5",
-              *engine_args,
-              "optim.weight_decay=0.0001", "trainer.keep_checkpoints=10"]
-    straight, moved = tmp_path / "straight", tmp_path / "moved"
-    proc = torchrun(second, "train", *common, f"optim.accumulation={acc[second]}", f"trainer.run_dir={straight}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    common = [*_common(demo_data, batch), *engine_args]
+    straight, moved = uninterrupted(second, batch, acc[second]), tmp_path / "moved"
     crash = torchrun(first, "train", *common, f"optim.accumulation={acc[first]}", f"trainer.run_dir={moved}",
                      env={"PIPELINE_FAULT_RAISE_AT_STEP": "7"})
     from pipeline import checkpoint as ckpt
@@ -111,7 +132,10 @@ def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_pat
     a, b = _final_model(straight), _final_model(moved)
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=3e-3, rtol=0, msg=key)
-    if second > 1:  # written at world 2 or 3, read by one process: `pipeline eval` and `pipeline export`
+    if engine == "zero2" and second == 3:
+        # A ZeRO checkpoint re-split to 3 ranks, read by one process: `pipeline eval` and `pipeline
+        # export` (world-2 ZeRO checkpoints are evaluated and exported in tests/test_distributed.py;
+        # DDP's checkpoint is one file whatever the world)
         evaluated = run_cli("eval", *common, f"trainer.run_dir={moved}", check=True)
         assert json.loads(evaluated.stdout.strip().splitlines()[-1])["val/samples"] == 130
         exported = run_cli("export", str(moved), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors"),

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from pipeline.distributed import WorldInfo
+from pipeline.world import WorldInfo
 from pipeline.engines import compile_mode_for
 from pipeline.engines.pytorch import TorchEngine
 from pipeline.runtime import Runtime

@@ -63,7 +63,7 @@ def test_ablation_runs_a_few_steps_on_synthetic_data(path, tmp_path):
     cfg = load_config(path, ["data.dataset=synthetic", "data.batch_size=8", "data.synthetic_samples=16",
                              "trainer.max_steps=2", "trainer.epochs=1", f"trainer.run_dir={tmp_path}",
                              "trainer.log_every=1", "logging.progress=none"])
-    from pipeline.distributed import WorldInfo
+    from pipeline.world import WorldInfo
     from pipeline.runtime import make_runtime
     from pipeline.training.trainer import Trainer
 

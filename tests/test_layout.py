@@ -7,7 +7,7 @@ from tests.helpers import REPO
 PACKAGE = REPO / "pipeline"
 # Lowest first. A module may import its own layer or a lower one; layers are folders or modules.
 LAYERS = [
-    {"config", "suggest", "distributed", "metrics", "faults", "runlock"},
+    {"config", "suggest", "world", "distributed", "metrics", "faults", "runlock"},
     {"numerics", "runtime", "checkpoint", "optim", "models", "trained"},
     {"data"},
     {"tracking"},

@@ -8,7 +8,7 @@ from PIL import Image
 from pipeline.config import ConfigError, load_config
 from pipeline.data import Placement, build_data
 from pipeline.data.resolution import train_sizes
-from pipeline.distributed import WorldInfo
+from pipeline.world import WorldInfo
 from pipeline.models import build_model
 from pipeline.models.blurpool import BlurConv2d
 from pipeline.runtime import make_runtime

@@ -68,7 +68,7 @@ class TrainerLoop:
 
     def __init__(self, model_name: str, batch: int, image_size: int, precision: str, channels_last: str,
                  device: torch.device, steps: int, compile_mode: str = "") -> None:
-        from pipeline.distributed import WorldInfo
+        from pipeline.world import WorldInfo
         from pipeline.metrics import Progress
         from pipeline.runtime import make_runtime
         from pipeline.training.trainer import Trainer

@@ -15,6 +15,7 @@ from pipeline.data import Placement, build_data
 from pipeline.engines import wrap_model
 from pipeline.models import build_model
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, make_runtime
+from pipeline.world import world_info_from_env
 
 
 @torch.no_grad()
@@ -55,7 +56,7 @@ def replica_checksum(module: torch.nn.Module, device: torch.device) -> bool:
 
 
 def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
-    world = dist_utils.world_info_from_env()
+    world = world_info_from_env()
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
     dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s)

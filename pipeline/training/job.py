@@ -8,7 +8,6 @@ from pathlib import Path
 from pipeline import checkpoint as ckpt
 from pipeline import distributed as dist_utils
 from pipeline.config import ConfigError, RootConfig, to_yaml
-from pipeline.distributed import WorldInfo
 from pipeline.metrics import format_duration
 from pipeline.runlock import RunLock
 from pipeline.runtime import Runtime, agree_on_numerics, configure_threads, environment_facts, make_runtime
@@ -16,13 +15,14 @@ from pipeline.training import elastic
 from pipeline.training.model_card import write_model_card
 from pipeline.training.plan import make_plan
 from pipeline.training.trainer import Trainer
+from pipeline.world import WorldInfo, world_info_from_env
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving a checkpoint; resume to go on
 
 
 def run_training(cfg: RootConfig) -> tuple[dict, int]:
     """Returns (summary, exit code)."""
-    world = dist_utils.world_info_from_env()
+    world = world_info_from_env()
     run_dir = Path(cfg.trainer.run_dir)
     # Rank 0, before any process group: a bad run_dir, or one another live job holds, ends the job
     # at once with one line (torchrun and srun then stop the other ranks), before anything is written.
