@@ -49,10 +49,22 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
         what.choices[name].set_defaults(run=tool.main)
 
 
+class PreflightError(RuntimeError):
+    """A problem found before torch is imported; reported like any other failed run (exit 1)."""
+
+
+def _preflight(cfg) -> None:
+    from pipeline.config.preflight import missing_dataset
+
+    if line := missing_dataset(cfg.data):
+        raise PreflightError(line)
+
+
 def _train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    _preflight(cfg)
     from pipeline.training.job import run_training
 
     return run_training(cfg)[1]
@@ -62,8 +74,9 @@ def _eval(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from pipeline.world import world_info_from_env
+    _preflight(cfg)
     from pipeline.training.evaluate import run_eval
+    from pipeline.world import world_info_from_env
 
     result = run_eval(cfg, args.checkpoint)
     world = world_info_from_env()

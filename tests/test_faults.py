@@ -20,6 +20,21 @@ pytestmark = pytest.mark.slow
 COMMON = [*FAST, "trainer.epochs=2", "data.batch_size=16", "trainer.log_every=5", "trainer.checkpoint_every=5"]
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, demo_data):
+    """Copies of one finished 1-epoch run (a good checkpoint at its end), trained once for the tests
+    that then break something in it: each gets its own copy under its tmp_path."""
+    base = tmp_path_factory.mktemp("one_epoch") / "run"
+
+    def copy_to(run):
+        if not base.exists():
+            run_cli("train", *COMMON, f"data.path={demo_data}", f"trainer.run_dir={base}", "trainer.epochs=1", check=True)
+        shutil.copytree(base, run)
+        return run
+
+    return copy_to
+
+
 def _summary(run):
     return json.loads((run / "summary.json").read_text())
 
@@ -170,10 +185,9 @@ def test_deepspeed_save_killed_before_complete_is_never_resumed(tmp_path, demo_d
 
 
 @pytest.mark.parametrize("policy", ["continue", "stop"])
-def test_out_of_disk_keeps_previous_checkpoint(tmp_path, demo_data, policy):
-    run = tmp_path / "run"
+def test_out_of_disk_keeps_previous_checkpoint(tmp_path, demo_data, one_epoch_run, policy):
+    run = one_epoch_run(tmp_path / "run")  # a good checkpoint at the end of epoch 1
     args = [*COMMON, f"data.path={demo_data}", f"trainer.run_dir={run}"]
-    run_cli("train", *args, "trainer.epochs=1", check=True)  # a good checkpoint at the end of epoch 1
     before = ckpt.list_checkpoints(run)
     proc = run_cli("train", *args, f"trainer.on_checkpoint_error={policy}", env={"PIPELINE_FAULT_CHECKPOINT_ERRNO": "28"})
     assert "No space left on device" in proc.stderr
@@ -261,10 +275,9 @@ def test_stalled_rank_ends_the_job_within_the_timeout(tmp_path, demo_data):
     assert "error (rank 0)" in proc.stderr
 
 
-def test_untrusted_checkpoint_is_refused_and_skipped(tmp_path, demo_data):
-    run = tmp_path / "run"
+def test_untrusted_checkpoint_is_refused_and_skipped(tmp_path, demo_data, one_epoch_run):
+    run = one_epoch_run(tmp_path / "run")
     args = [*COMMON, f"data.path={demo_data}", f"trainer.run_dir={run}"]
-    run_cli("train", *args, "trainer.epochs=1", check=True)
     good = ckpt.list_checkpoints(run)[0]
 
     class Evil:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEMO_PATH = "data/demo"  # the default data.path; the only place training creates the demo data by itself
 DEMO_CLASSES = ("hstripes", "vstripes", "diag_stripes", "checker", "rings",
                 "dots", "blob", "cross", "gradient", "noise")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import DataConfig
+from pipeline.config.preflight import missing_dataset
 from pipeline.data.labels import check_num_classes, display_names
 from pipeline.data.planned import TorchLoader
 from pipeline.data.sampler import ShardPlan
@@ -70,14 +71,12 @@ def _build(cfg: DataConfig, placement: Placement, seed: int, num_classes: int) -
 
 def _make_demo_or_refuse(cfg: DataConfig, placement: Placement) -> None:
     """The demo dataset is written only at its own path: a mistyped data.path must never train on it."""
-    from pipeline.data.demo import DEMO_PATH, make_demo_data
+    from pipeline.data.demo import make_demo_data
 
-    path = Path(cfg.path)
-    if not (cfg.make_demo and path.resolve() == Path(DEMO_PATH).resolve()):
-        raise DataError(f"dataset folder not found: {path} (data.path; the demo dataset is created only at "
-                        f"{DEMO_PATH}, or by `pipeline make-demo-data {path}`)")
+    if line := missing_dataset(cfg):
+        raise DataError(line)
     if placement.rank == 0 or placement.world_size == 1:
-        make_demo_data(path)
+        make_demo_data(Path(cfg.path))
     _barrier(placement)
 
 
