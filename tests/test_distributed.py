@@ -49,6 +49,7 @@ def test_two_process_training(tmp_path, demo_data, engine):
     if engine != "ddp":  # DeepSpeed's layout goes through checkpoint.py too: retention and `pipeline eval`
         tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
         assert tags == [f"ds-step-{summary['steps'] * k // 3:09d}" for k in (2, 3)]  # keep_checkpoints=2
+    if engine == "zero2":  # ZeRO-1 and -2 are one DeepSpeed optimizer (stage_1_and_2.py), one layout: read once
         # Evaluated as the run validated: two processes, batch 16 each, the run's numerics (bf16 where
         # `auto` picks it), so the same batches through the same kernels: the same count of images right.
         proc = torchrun(2, "eval", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.batch_size=16")
