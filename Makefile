@@ -23,12 +23,10 @@ train: setup
 
 # Tests run in TEST_WORKERS processes (pytest-xdist; 1 = serial). Most tests wait on a subprocess
 # that imports torch on one thread, so two workers keep both cores busy (docs/benchmarks.md).
-# --dist loadgroup spreads tests one by one, except the modules marked xdist_group (those with a
-# module fixture: the local Slurm cluster, the GPU check's dry run, shared reference runs), each of
-# which stays on one worker so its fixture is set up once. Whole-module scheduling (loadscope) left
-# about 130 s of one worker idle at the tail on the AMX machine (docs/benchmarks.md).
+# --dist loadscope keeps each test module on one worker: module fixtures (the local Slurm cluster,
+# the GPU check's dry run) are set up once.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope)
 
 test: setup
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)

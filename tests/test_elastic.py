@@ -12,9 +12,6 @@ from pipeline.training import elastic
 from tests.helpers import FAST, run_cli
 from tests.test_distributed import torchrun
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = pytest.mark.xdist_group("elastic")
-
 
 def _used(num: int, world: int, batch: int, acc: int, epoch: int, start_step: int, end_step: int) -> list[int]:
     """Samples the ranks use for optimizer steps [start_step, end_step) of `epoch`."""

@@ -13,9 +13,6 @@ from pipeline.models import build_model
 from pipeline.tools import export
 from tests.helpers import FAST, run_cli
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = pytest.mark.xdist_group("export")
-
 CLASSES = [f"class_{i}" for i in range(10)]
 
 

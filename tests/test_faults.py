@@ -16,8 +16,7 @@ from pipeline import checkpoint as ckpt
 from pipeline.metrics import read_metrics
 from tests.helpers import FAST, REPO, run_cli
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults")]
+pytestmark = pytest.mark.slow
 COMMON = [*FAST, "trainer.epochs=2", "data.batch_size=16", "trainer.log_every=5", "trainer.checkpoint_every=5"]
 
 

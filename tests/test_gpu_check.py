@@ -9,9 +9,7 @@ import pytest
 
 from tests.helpers import REPO
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-# Every step trains in a subprocess.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gpu_check")]
+pytestmark = pytest.mark.slow  # every step trains in a subprocess
 
 CPU_TWINS = {"environment", "bench_train", "fp16_gradscaler", "checkpoint_kill_resume_eval", "deepspeed_zero2",
              "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "progressive_resizing"}

@@ -22,9 +22,6 @@ from pipeline.data.types import DataError
 from tests import imagenet_archives
 from tests.helpers import REPO
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = pytest.mark.xdist_group("prepare")
-
 
 @pytest.fixture(scope="module")
 def built(demo_data, tmp_path_factory):

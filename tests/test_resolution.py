@@ -15,9 +15,6 @@ from pipeline.runtime import make_runtime
 from pipeline.training.evaluate import evaluate
 from tests.test_data import _assert_same_images
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = pytest.mark.xdist_group("resolution")
-
 CPU = Placement(torch.device("cpu"), channels_last=True)
 # Sizes 24, 32, 40 over three epochs: a ramp from epoch 0 to 2 in steps of 8 (demo images are 48 px).
 RAMP = ["data.image_size_start=24", "data.image_size=40", "data.size_ramp=[0,2]", "data.size_step=8"]

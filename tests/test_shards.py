@@ -19,9 +19,6 @@ from pipeline.data.labels import display_names
 from pipeline.data.types import DataError, Placement
 from tests.helpers import FAST, run_cli
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its module fixture is set up once.
-pytestmark = pytest.mark.xdist_group("shards")
-
 
 def _batches(path: Path, backend: str, split: str, workers: int = 0, extra: tuple = ()) -> tuple[list, list[str]]:
     cfg = load_config(None, [f"data.path={path}", f"data.backend={backend}", "data.batch_size=16",

@@ -14,8 +14,8 @@ from pipeline import checkpoint as ckpt
 from pipeline.metrics import read_metrics
 from tests.helpers import REPO
 
-# One pytest-xdist worker runs this module (--dist loadgroup): its tests share one cluster.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+# Under pytest-xdist one worker runs the whole module (--dist loadscope): its tests share one cluster.
+pytestmark = pytest.mark.slow
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 CLUSTER_ENV = {"SLURM_CI_NODES": "2", "SLURM_CI_GPUS": "1", "SLURM_CI_CPUS": "2"}
 # Flags and overrides only: the GPU script runs unmodified on 2 nodes x 1 task with fake GPUs (gres).
