@@ -42,7 +42,7 @@ def _through_workers(source, batch: int, workers: int) -> tuple[int, float]:
     the pipeline build (once per pass, ~0.1 s with fork) are left out, as a long epoch amortizes them."""
     from nvidia.dali import pipeline_def, types
 
-    from pipeline.data.dali import file_source
+    from pipeline.data.dali_graph import file_source
 
     feed = {"py_num_workers": workers, "py_start_method": "fork"} if workers else {}
 

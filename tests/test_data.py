@@ -310,11 +310,17 @@ def test_dali_torch_resize_is_cpu_only(demo_data):
     from pipeline.data.dali import _resize_in_torch
 
     cfg = load_config(None, ["data.dali_resize=torch"]).data
-    assert _resize_in_torch(cfg, torch.device("cpu"))
+    assert _resize_in_torch(cfg, torch.device("cpu"), True)
     with pytest.raises(DataError, match="CPU only"):
-        _resize_in_torch(cfg, torch.device("cuda"))
+        _resize_in_torch(cfg, torch.device("cuda"), True)
     auto = load_config(None, []).data
-    assert _resize_in_torch(auto, torch.device("cpu")) and not _resize_in_torch(auto, torch.device("cuda"))
+    assert _resize_in_torch(auto, torch.device("cpu"), True) and not _resize_in_torch(auto, torch.device("cuda"), True)
+    # An augmentation policy runs in the DALI graph after DALI's resize; validation keeps torch's.
+    policy = load_config(None, ["data.auto_augment=ta_wide"]).data
+    assert not _resize_in_torch(policy, torch.device("cpu"), True) and _resize_in_torch(policy, torch.device("cpu"), False)
+    with pytest.raises(DataError, match="dali_resize=auto or dali"):
+        _resize_in_torch(load_config(None, ["data.auto_augment=ta_wide", "data.dali_resize=torch"]).data,
+                         torch.device("cpu"), True)
 
 
 @pytest.mark.parametrize("backend", ["torchvision", "dali"])

@@ -12,9 +12,10 @@ from pipeline.optim import LRSchedule
 from pipeline.training.plan import IMAGENET_TRAIN_IMAGES, make_plan
 from tests.helpers import REPO, run_cli
 
-# The papers' recipes; FFCV's fast ones have their own batch and LR rule (tests/test_fast_recipes.py).
+# The papers' recipes; FFCV's fast ones and the modern ones (torchvision V2, timm RSB) have their own
+# batch and LR rule (tests/test_fast_recipes.py, tests/test_modern_recipes.py).
 IMAGENET = sorted(p for p in (REPO / "configs" / "imagenet").glob("*.yaml")
-                  if not p.name.startswith("_") and "_fast_" not in p.name)
+                  if not p.name.startswith("_") and not any(k in p.name for k in ("_fast_", "_tv2", "_rsb_")))
 
 
 def _schedule(cfg, plan) -> LRSchedule:

@@ -44,6 +44,10 @@ class ModelConfig:
     # stride > 1 and >= 16 input channels (not the stem). State-dict keys are unchanged: torchvision
     # weights still load strictly.
     blurpool: bool = False
+    # Stochastic depth (Huang 2016) with timm's DropPath: block i of n drops its residual branch with
+    # probability drop_path_rate * i / (n - 1), as timm's ResNet does. No parameters: state-dict keys
+    # are unchanged. Needs a shortcut (not the plain nets).
+    drop_path_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,20 @@ class DataConfig:
     # "skip" replaces it with the next readable image and counts a warning.
     on_bad_image: str = "fail"
     mixup: float = 0.0  # timm Mixup alpha; 0 disables
-    cutmix: float = 0.0  # timm CutMix alpha; 0 disables
+    cutmix: float = 0.0  # timm CutMix alpha; 0 disables (with both set, each batch uses one, 50/50)
+    # Train-time policy after the crop and flip (pipeline/data/autoaugment.py): none | ta_wide
+    # (torchvision's TrivialAugmentWide) | autoaug (the ImageNet AutoAugment policy) |
+    # rand-m<M>-n<N>-mstd<S>-inc<0|1> (timm's RandAugment grammar). torchvision backend: the
+    # libraries' own transforms; DALI: nvidia.dali.auto_aug operators with the same op list and ranges.
+    auto_augment: str = "none"
+    # torchvision's RandomErasing after normalization: this probability per image, area 2-33%,
+    # aspect 0.3-3.3, erased to 0 (the mean). Both backends draw the region from the sample's seed.
+    random_erase: float = 0.0
+    interpolation: str = "bilinear"  # bilinear | bicubic: the train and val resizes (and augmentation ops)
+    # Repeated augmentation (Hoffer 2020; torchvision's RASampler, timm's RepeatAugSampler): each
+    # chosen image appears this many times in an epoch, each copy with its own augmentation and on
+    # the next rank; the epoch keeps its length, so it holds ~N/repeat_aug distinct images. 1: off.
+    repeat_aug: int = 1
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,10 @@ class OptimConfig:
     warmup_steps: int = 0  # added to warmup_epochs (converted to steps)
     warmup_lr: float = 0.0  # lr at the start of the linear warmup
     label_smoothing: float = 0.0  # cross-entropy label smoothing (0.1 in modern recipes)
+    # ce: softmax cross-entropy. bce: timm's BinaryCrossEntropy (one sigmoid per class, "ResNet strikes
+    # back"); with mixup/cutmix the smoothing goes into the mixed targets, as in timm's train.py.
+    loss: str = "ce"
+    bce_target_thresh: float = 0.0  # bce: targets >= this become 1, others 0 (RSB: 0.2); 0 keeps soft targets
     grad_clip: float = 0.0  # max global grad norm; 0 disables
     accumulation: int = 1  # micro-batches per optimizer step
 
@@ -157,6 +178,10 @@ class TrainerConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: end of each epoch only)
     keep_checkpoints: int = 2  # newest checkpoints kept, both layouts (plain files, DeepSpeed tags)
     ema_decay: float = 0.0  # >0: keep a timm ModelEmaV3 and validate it too
+    ema_every: int = 1  # optimizer steps between EMA updates (torchvision's V2 recipe: 32)
+    # torchvision's V2 rule: decay 1 - min(1, (1 - ema_decay) x global batch x ema_every / epochs),
+    # and no averaging during the LR warmup (the EMA copies the weights until the warmup ends).
+    ema_torchvision_rule: bool = False
     # Test-time augmentation: validation (and `pipeline eval`) averages the logits of each image and
     # its mirror image, as FFCV's recipe does (2x the evaluation compute).
     tta_flip: bool = False

@@ -11,116 +11,28 @@ On a GPU the DALI graph does everything after reading the bytes: ROI decode (har
 there is one), resize, flip, normalize. On CPU the same graph runs with CPU operators up to the
 decoded crops, and torch's vectorized resize finishes them (`data.dali_resize`): DALI's CPU
 resampler costs 4-7x more per image than torch's (antialiased), more than the ROI decode itself.
+With data.auto_augment the resize stays in DALI, since the policy's operators run after it.
+The graphs themselves are in `dali_graph.py`.
 """
 from __future__ import annotations
 
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali import math as dali_math
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipeline.config import DataConfig
+from pipeline.config.policy import policy_kind
 from pipeline.data import bad_images
+from pipeline.data.autoaugment import erase_regions
+from pipeline.data.dali_graph import PREFETCH_DEPTH, decode_device_for, train_pipeline, val_pipeline
 from pipeline.data.encoded import EncodedBatches
 from pipeline.data.folder import load_rgb, split_samples
 from pipeline.data.planned import PlannedLoader
-from pipeline.data.resolution import train_size, val_resize_shorter, val_size
+from pipeline.data.resolution import train_size, val_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.torch_resize import TorchResize
 from pipeline.data.types import DataBundle, DataError, Placement
-
-# Host/device scratch the decoder reserves up front so it does not reallocate as image sizes vary;
-# DALI's own defaults for ImageNet-scale JPEGs.
-HOST_MEMORY_PADDING = 8 << 20
-DEVICE_MEMORY_PADDING = 16 << 20
-# Share of JPEGs sent to the A100/H100 hardware JPEG decoder (the rest go to CUDA decode); NVIDIA's
-# ResNet-50 example uses 0.65 to keep both busy.
-HW_DECODER_LOAD = 0.65
-PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the training step
-
-
-def _decode_device(device: torch.device) -> tuple[str, str]:
-    """(decoder device, device of the ops after it)."""
-    return ("mixed", "gpu") if device.type == "cuda" else ("cpu", "cpu")
-
-
-def _decoder_args(decode_device: str) -> dict:
-    # EXIF orientation is ignored, as PIL (and so torchvision's ImageFolder) ignores it: crop
-    # windows are in stored-pixel coordinates, and both backends see the same pixels.
-    args = {"output_type": types.RGB, "host_memory_padding": HOST_MEMORY_PADDING, "adjust_orientation": False}
-    if decode_device == "mixed":
-        args.update(device_memory_padding=DEVICE_MEMORY_PADDING, hw_decoder_load=HW_DECODER_LOAD)
-    return args
-
-
-def window_crops(jpegs, start, shape, decode_device: str):
-    """Each sample's RandomResizedCrop window ([x, y] start, [w, h] shape, pixels; chosen by
-    `augment.random_resized_crop` from the sample's seed), decoded alone: the decoder skips the
-    rest of the image (ROI decode)."""
-    return fn.decoders.image_slice(jpegs, device=decode_device, start=start, shape=shape, axis_names="WH",
-                                   **_decoder_args(decode_device))
-
-
-def center_crops(jpegs, cfg: DataConfig, decode_device: str):
-    """The region the evaluation view (`data.val_crop_mode`) keeps, decoded alone: center, the
-    square of side shorter x crop_fraction; squash, the central crop_fraction of each side. Resized
-    to val_size it is the view, with ~crop_fraction^2 of the pixels decoded."""
-    shape = fn.peek_image_shape(jpegs, adjust_orientation=False)  # H, W, C from the header, no decode
-    kept = val_size(cfg) / val_resize_shorter(cfg)
-    if cfg.val_crop_mode == "squash":
-        crop_h, crop_w = fn.cast(shape[0], dtype=types.FLOAT) * kept, fn.cast(shape[1], dtype=types.FLOAT) * kept
-    else:
-        crop_h = crop_w = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT) * kept
-    return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=crop_w, crop_h=crop_h,
-                                  crop_pos_x=0.5, crop_pos_y=0.5, **_decoder_args(decode_device))
-
-
-def resize_normalize(images, cfg: DataConfig, size: int, op_device: str, layout: str, antialias: bool, mirror=None):
-    """Resize to size x size, flip where `mirror` is set, normalize to float."""
-    images = fn.resize(images, device=op_device, resize_x=size, resize_y=size,
-                       interp_type=types.INTERP_LINEAR, antialias=antialias)
-    return fn.crop_mirror_normalize(images, device=op_device, dtype=types.FLOAT, output_layout=layout,
-                                    mean=[m * 255 for m in cfg.mean], std=[s * 255 for s in cfg.std],
-                                    **({"mirror": mirror} if mirror is not None else {}))
-
-
-def file_source(source, dtypes: list, parallel: bool):
-    """The encoded bytes and their per-sample data, from `EncodedBatches`: called in this process
-    before each iteration, or with `parallel` in DALI's Python worker processes, which read and
-    check the files of the next batches while this process trains (one batch per call, by index)."""
-    return fn.external_source(source=source, num_outputs=len(dtypes), batch=True, dtype=dtypes,
-                              **({"parallel": True, "batch_info": True} if parallel else {}))
-
-
-@pipeline_def
-def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
-                   size: int, parallel: bool = False):
-    """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
-    and flips come from the source with the bytes, so the graph itself draws no random numbers.
-    `size`: the pass's train size (a pipeline serves one pass: a new size costs no extra build).
-
-    Without `resize_in_dali` the graph ends at the decoded crops and each sample's flip decision,
-    and `TorchResize` does the rest (the CPU default). The last output flags replaced files.
-    """
-    jpegs, labels, start, shape, mirror, replaced = file_source(
-        source, [types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32, types.INT32], parallel)
-    images = window_crops(jpegs, start, shape, decode_device)
-    if resize_in_dali:
-        return resize_normalize(images, cfg, size, op_device, layout, cfg.train_antialias, mirror), labels, replaced
-    return images, labels, replaced, mirror
-
-
-@pipeline_def
-def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
-                 size: int, parallel: bool = False):
-    """The evaluation crop decoded alone, resized to val_size, normalized."""
-    jpegs, labels, replaced = file_source(source, [types.UINT8, types.INT64, types.INT32], parallel)
-    images = center_crops(jpegs, cfg, decode_device)
-    if resize_in_dali:
-        return resize_normalize(images, cfg, size, op_device, layout, antialias=True), labels, replaced
-    return images, labels, replaced
 
 
 def _dali_device_id(device: torch.device) -> int | None:
@@ -145,12 +57,13 @@ class DaliLoader(PlannedLoader):
                  batch_size: int, seed: int, train: bool) -> None:
         self.classes, self.samples = split
         super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed,
-                                   accumulation=placement.accumulation if train else 1),
+                                   accumulation=placement.accumulation if train else 1,
+                                   repeats=cfg.repeat_aug if train else 1),
                          len(self.samples))
         self.cfg, self.placement, self.train = cfg, placement, train
         self.layout = "HWC" if placement.channels_last else "CHW"
         self.torch_resize = (TorchResize(cfg, placement.channels_last, cfg.train_antialias if train else True)
-                             if _resize_in_torch(cfg, placement.device) else None)
+                             if _resize_in_torch(cfg, placement.device, train) else None)
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
         self.pipelines_built = 0  # one per pass (epoch or resumed part of one), whatever the sizes
 
@@ -158,10 +71,10 @@ class DaliLoader(PlannedLoader):
         return train_size(self.cfg, self._epoch) if self.train else val_size(self.cfg)
 
     def _pipeline(self, start: int):
-        decode_device, op_device = _decode_device(self.placement.device)
+        decode_device, op_device = decode_device_for(self.placement.device)
         build = train_pipeline if self.train else val_pipeline
         self._source = EncodedBatches(self.samples, self.plan.batches(self._epoch, start), self.cfg, self.train,
-                                       self.bad_files)
+                                       self.bad_files, size=self.size())
         workers = self.cfg.dali_feed_workers
         feed = {"py_num_workers": workers, "py_start_method": _start_method()} if workers else {}
         pipe = build(cfg=self.cfg, source=self._source, decode_device=decode_device, op_device=op_device,
@@ -189,12 +102,16 @@ class DaliLoader(PlannedLoader):
         size = self.size()
         while True:
             try:
-                crops, labels, replaced, *mirror = pipe.run()
+                crops, labels, replaced, *extra = pipe.run()
             except StopIteration:
                 return
             self.replaced_images += int(np.asarray(replaced.as_tensor()).sum())
-            flips = np.asarray(mirror[0].as_tensor()) if mirror else None
-            yield self.torch_resize(crops, flips, size), torch.from_numpy(np.array(labels.as_tensor())).view(-1)
+            flips = np.asarray(extra[0].as_tensor()) if extra else None
+            images = self.torch_resize(crops, flips, size)
+            if self.cfg.random_erase > 0:  # data.random_erase: the regions from the source, after normalizing
+                top_left, extent = (torch.from_numpy(np.array(out.as_tensor())) for out in extra[-2:])
+                images = erase_regions(images, torch.cat([top_left, extent], 1).int())
+            yield images, torch.from_numpy(np.array(labels.as_tensor())).view(-1)
 
     def __iter__(self):
         step = self._start
@@ -247,10 +164,15 @@ def _start_method() -> str:
     return "spawn" if torch.cuda.is_initialized() else "fork"
 
 
-def _resize_in_torch(cfg: DataConfig, device: torch.device) -> bool:
+def _resize_in_torch(cfg: DataConfig, device: torch.device, train: bool) -> bool:
     if cfg.dali_resize == "torch" and device.type == "cuda":
         raise DataError("data.dali_resize=torch works on CPU only; on a GPU DALI resizes on the GPU (use auto or dali)")
-    return cfg.dali_resize == "torch" or (cfg.dali_resize == "auto" and device.type == "cpu")
+    policy = train and policy_kind(cfg.auto_augment) != "none"
+    if policy and cfg.dali_resize == "torch":
+        raise DataError(f"data.auto_augment={cfg.auto_augment} runs inside the DALI graph after the resize: "
+                        "set data.dali_resize=auto or dali (not torch)")
+    # With a policy the resize stays in DALI, where the policy's operators run after it.
+    return not policy and (cfg.dali_resize == "torch" or (cfg.dali_resize == "auto" and device.type == "cpu"))
 
 
 def _worker_data_error(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """The files behind DALI's `fn.external_source`: encoded bytes of a ShardPlan's batches, checked
 before decoding (a DALI operator error leaves the pipeline unusable; a Python check does not),
-with each training sample's crop window and flip from its seed. No DALI import: plain numpy.
+with each training sample's crop window and flip from its seed, and the choices of the recipes'
+augmentations (data.auto_augment, data.random_erase) drawn from the same seed. No DALI import.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pipeline import faults
 from pipeline.config import DataConfig
 from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
+from pipeline.data.autoaugment import erase_region
+from pipeline.data.policy_draws import draw_policy
 from pipeline.data.shards import read_array
 from pipeline.data.types import DataError
 
@@ -37,6 +40,7 @@ class EncodedBatches:
     train: bool
     known_bad: set = field(default_factory=set)  # indices of files that do not decode
     error: str = ""  # set when a file fails the pre-decode check under on_bad_image=fail
+    size: int = 0  # the pass's train size: random erasing draws its region at this size
 
     def __call__(self, info):
         in_worker = not isinstance(info, int)
@@ -45,7 +49,7 @@ class EncodedBatches:
             raise StopIteration
         batch = self.batches[position]
         faults.data_source_batch()
-        data, labels, starts, shapes, flips, flags = [], [], [], [], [], []
+        data, labels, starts, shapes, flips, flags, policies, anchors, extents = [], [], [], [], [], [], [], [], []
         for index, seed in batch:
             for candidate in bad_images.candidates(index, len(self.samples)):
                 if candidate in self.known_bad:
@@ -79,7 +83,16 @@ class EncodedBatches:
                 starts.append(np.array([w.left, w.top], dtype=np.int32))
                 shapes.append(np.array([w.width, w.height], dtype=np.int32))
                 flips.append(np.array(w.flip, dtype=np.int32))
-        return (data, labels, starts, shapes, flips, flags) if self.train else (data, labels, flags)
+                # The recipes' augmentations, drawn from the seed as the torchvision backend draws them.
+                if (draws := draw_policy(self.cfg, seed)) is not None:
+                    policies.append(draws)
+                if self.cfg.random_erase > 0:
+                    top, left, height, width = erase_region(seed, self.size, self.cfg.random_erase)
+                    anchors.append(np.array([top, left], dtype=np.float32))
+                    extents.append(np.array([height, width], dtype=np.float32))
+        if not self.train:
+            return data, labels, flags
+        return tuple(out for out in (data, labels, starts, shapes, flips, flags, policies, anchors, extents) if out)
 
 
 def _image_size(encoded: np.ndarray) -> tuple[int, int] | None:

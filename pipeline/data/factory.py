@@ -62,7 +62,7 @@ def _build(cfg: DataConfig, placement: Placement, seed: int, num_classes: int) -
         train_set, val_set = folder_datasets(cfg)
     val_batch = cfg.val_batch_size or cfg.batch_size
     train_plan = ShardPlan(len(train_set), placement.rank, placement.world_size, cfg.batch_size, True, seed,
-                           accumulation=placement.accumulation)
+                           accumulation=placement.accumulation, repeats=cfg.repeat_aug)
     val_plan = ShardPlan(len(val_set), placement.rank, placement.world_size, val_batch, False, seed)
     return DataBundle(TorchLoader(train_set, train_plan, cfg, placement),
                       TorchLoader(val_set, val_plan, cfg, placement),

@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
 from pipeline.data.augment import random_resized_crop
+from pipeline.data.autoaugment import SeededPolicy, erase_region, interpolation_mode
 from pipeline.data import bad_images
 from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
@@ -112,18 +113,29 @@ def load_rgb(path: str | ShardMember) -> Image.Image:
 
 class TrainTransform:
     """RandomResizedCrop + horizontal flip with the window from `augment` (shared with DALI), to the
-    size the loader passes with each sample (the epoch's, under progressive resizing)."""
+    size the loader passes with each sample (the epoch's, under progressive resizing), then
+    data.auto_augment on the PIL image, as torchvision's and timm's train presets order them."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.size, self.scale, self.ratio, self.hflip = cfg.image_size, tuple(cfg.scale), tuple(cfg.ratio), cfg.hflip
+        self.interpolation = interpolation_mode(cfg.interpolation)
+        self.policy = SeededPolicy(cfg)
+        self.erase_prob = cfg.random_erase
 
     def __call__(self, img: Image.Image, seed: int, size: int = 0) -> torch.Tensor:
         size = size or self.size
         w = random_resized_crop(seed, img.width, img.height, self.scale, self.ratio, self.hflip)
-        img = v2.functional.resized_crop(img, w.top, w.left, w.height, w.width, [size, size], antialias=True)
+        img = v2.functional.resized_crop(img, w.top, w.left, w.height, w.width, [size, size],
+                                         interpolation=self.interpolation, antialias=True)
         if w.flip:
             img = v2.functional.horizontal_flip(img)
+        if self.policy:
+            img = self.policy(img, seed)
         return v2.functional.pil_to_tensor(img)
+
+    def erase(self, seed: int, size: int = 0) -> torch.Tensor:
+        """The RandomErasing region of this sample ([top, left, height, width]; zeros: none)."""
+        return torch.tensor(erase_region(seed, size or self.size, self.erase_prob), dtype=torch.int32)
 
 
 class ValTransform:
@@ -131,9 +143,12 @@ class ValTransform:
     ignored. center: shorter side to size / crop_fraction, center crop; squash: the whole image to
     that square, center crop."""
 
+    erase_prob = 0.0
+
     def __init__(self, cfg: DataConfig) -> None:
         size, resized = val_size(cfg), val_resize_shorter(cfg)
-        resize = v2.Resize(resized if cfg.val_crop_mode == "center" else [resized, resized], antialias=True)
+        resize = v2.Resize(resized if cfg.val_crop_mode == "center" else [resized, resized],
+                           interpolation=interpolation_mode(cfg.interpolation), antialias=True)
         self.steps = v2.Compose([resize, v2.CenterCrop(size), v2.PILToTensor()])
 
     def __call__(self, img: Image.Image, seed: int, size: int = 0) -> torch.Tensor:  # noqa: ARG002
@@ -144,7 +159,8 @@ class FolderDataset(torch.utils.data.Dataset):
     """Indexed by (index, augmentation seed) pairs from `ShardPlan.batches`.
 
     Returns (image uint8 CHW, label, replaced) where replaced=1 marks an undecodable file that was
-    swapped for the next readable one under on_bad_image=skip.
+    swapped for the next readable one under on_bad_image=skip; under data.random_erase also the
+    sample's erase region, applied by the loader after normalization.
     """
 
     def __init__(self, classes: list[str], samples: list[tuple[str, int]], transform, on_bad_image: str = "fail") -> None:
@@ -168,7 +184,10 @@ class FolderDataset(torch.utils.data.Dataset):
             except _DECODE_ERRORS as exc:
                 bad_images.report(path, str(exc), self.on_bad_image)
                 continue
-            return finish_sample(self.transform(img, seed, *size), self.normalize, self.hwc), label, int(candidate != index)
+            image = finish_sample(self.transform(img, seed, *size), self.normalize, self.hwc)
+            if self.transform.erase_prob > 0:
+                return image, label, int(candidate != index), self.transform.erase(seed, *size)
+            return image, label, int(candidate != index)
         raise DataError(f"no readable image among the {len(self.samples)} of this split")
 
 

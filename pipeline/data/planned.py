@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import DataConfig
+from pipeline.data.autoaugment import erase_regions
 from pipeline.data.normalize import Normalizer, PixelNormalizer
 from pipeline.data.resolution import scheduled, train_size
 from pipeline.data.sampler import ShardPlan
@@ -67,16 +68,19 @@ class TorchLoader(PlannedLoader):
                 self.dataset, batch_sampler=_BatchSource(self), num_workers=self.workers, pin_memory=self.pin,
                 prefetch_factor=4 if self.workers else None, persistent_workers=self.workers > 0)
         try:
-            for images, labels, replaced in self._loader:
-                yield self._finish(images, labels, replaced)
+            for images, labels, replaced, *erase in self._loader:
+                yield self._finish(images, labels, replaced, erase)
         except (ConnectionResetError, EOFError, BrokenPipeError) as exc:
             raise _dead_worker_error(self._loader, exc) from None
 
-    def _finish(self, images, labels, replaced):
+    def _finish(self, images, labels, replaced, erase):
         self.replaced_images += int(replaced.sum())
         if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
             images = images.permute(0, 3, 1, 2)  # NHWC memory = channels_last NCHW view, no copy
-        return self.normalize(images), labels.to(self.normalize.device, non_blocking=True)
+        images = self.normalize(images)
+        if erase:  # data.random_erase: torchvision erases the normalized image
+            images = erase_regions(images, erase[0])
+        return images, labels.to(self.normalize.device, non_blocking=True)
 
 
 def _dead_worker_error(loader, exc: Exception) -> Exception:

@@ -13,9 +13,11 @@ import torch
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads nearby (seed, epoch, index) apart
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A per-sample augmentation seed: a function of (run seed, epoch, sample), not of the worker."""
-    return ((seed * 1_000_003 + epoch) * _MIX + index) % (2**63 - 1)
+def sample_seed(seed: int, epoch: int, index: int, copy: int = 0) -> int:
+    """A per-sample augmentation seed: a function of (run seed, epoch, sample, copy), not of the
+    worker or rank. `copy` numbers the repeats of a sample under repeated augmentation (0: the first,
+    and the only one without it), so each copy gets its own view."""
+    return ((seed * 1_000_003 + epoch) * _MIX + index + (copy << 40)) % (2**63 - 1)
 
 
 @dataclass
@@ -29,6 +31,14 @@ class ShardPlan:
     is used, whatever the world size, so an epoch can go on at another size with the same global
     batch (pipeline/training/elastic.py). Validation keeps the natural order and gives rank r the
     indices r, r+world, ... with no padding: every image is seen exactly once across ranks.
+
+    Repeated augmentation (`repeats` = k > 1, torchvision's RASampler semantics): the epoch's order
+    is the first ceil(total / k) images of the shuffle, each repeated k times in a row, cut to the
+    same total as without it. Consecutive positions go to consecutive ranks, so a sample's copies
+    land on k different ranks when world >= k (on one rank at world 1, where RASampler refuses to
+    run), each copy with its own seed. Unlike RASampler's, the order depends on the global batch
+    only, not on the world size: a resume at another world size with the same global batch goes on
+    with the same stream of copies.
     """
 
     num_samples: int
@@ -39,10 +49,13 @@ class ShardPlan:
     seed: int = 0
     drop_last: bool = False  # train: drop the incomplete global batch instead of wrapping around
     accumulation: int = 1  # train: micro-batches per optimizer step (optim.accumulation)
+    repeats: int = 1  # train: repeated augmentation, copies of each chosen sample in an epoch
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError("cannot shard an empty dataset")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
     def steps_per_epoch(self) -> int:
         if not self.train:
@@ -51,21 +64,34 @@ class ShardPlan:
         steps = max(1, self.num_samples // global_batch) if self.drop_last else -(-self.num_samples // global_batch)
         return steps * self.accumulation  # micro-batches
 
-    def indices(self, epoch: int) -> list[int]:
-        if not self.train:
-            return list(range(self.rank, self.num_samples, self.world_size))
+    def _order(self, epoch: int) -> tuple[list[int], list[int]]:
+        """The epoch's global order of (sample, copy number), padded to whole global batches."""
         gen = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
         order = torch.randperm(self.num_samples, generator=gen).tolist()
         total = self.steps_per_epoch() * self.world_size * self.batch_size
-        while len(order) < total:  # wrap (like DistributedSampler's padding) so all ranks step equally
-            order += order[: total - len(order)]
-        return order[:total][self.rank :: self.world_size]
+        chosen = -(-total // self.repeats)
+        while len(order) < chosen:  # wrap (like DistributedSampler's padding) so all ranks step equally
+            order += order[: chosen - len(order)]
+        if self.repeats == 1:
+            return order[:total], [0] * total
+        copies = list(range(self.repeats)) * chosen
+        return [i for i in order[:chosen] for _ in range(self.repeats)][:total], copies[:total]
+
+    def _positions(self, epoch: int) -> tuple[list[int], list[int]]:
+        if not self.train:
+            return list(range(self.rank, self.num_samples, self.world_size)), []
+        order, copies = self._order(epoch)
+        return order[self.rank :: self.world_size], copies[self.rank :: self.world_size]
+
+    def indices(self, epoch: int) -> list[int]:
+        return self._positions(epoch)[0]
 
     def batches(self, epoch: int, start_step: int = 0) -> list[list[tuple[int, int]]]:
         """Batches of (index, augmentation seed) for this rank, from `start_step` on."""
-        idx = self.indices(epoch)
+        idx, copies = self._positions(epoch)
+        copies = copies or [0] * len(idx)
         out = []
         for step in range(start_step, self.steps_per_epoch()):
-            chunk = idx[step * self.batch_size : (step + 1) * self.batch_size]
-            out.append([(i, sample_seed(self.seed, epoch, i)) for i in chunk])
+            span = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            out.append([(i, sample_seed(self.seed, epoch, i, c)) for i, c in zip(idx[span], copies[span])])
         return out

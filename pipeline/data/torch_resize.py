@@ -20,6 +20,7 @@ class TorchResize:
 
     def __init__(self, cfg: DataConfig, channels_last: bool, antialias: bool) -> None:
         self.antialias, self.channels_last = antialias, channels_last
+        self.mode = cfg.interpolation  # bilinear | bicubic: torch's uint8 kernels have both
         self.staging = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
         self.normalize = PixelNormalizer(cfg.mean, cfg.std)
 
@@ -34,7 +35,7 @@ class TorchResize:
         try:
             for i in range(n):
                 crop = torch.from_numpy(np.asarray(crops[i])).unsqueeze(0).permute(0, 3, 1, 2)  # NHWC memory
-                resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear",
+                resized = torch.nn.functional.interpolate(crop, size=(size, size), mode=self.mode,
                                                           antialias=self.antialias)[0].permute(1, 2, 0)
                 self.staging[i].copy_(resized.flip(1) if mirror is not None and mirror[i] else resized)
             out = self.normalize(self.staging[:n])

@@ -36,9 +36,10 @@ def _register(name: str, family: str, paper: str, **arch) -> None:
     def build(num_classes: int, **opts) -> nn.Module:
         drop_rate = opts.pop("drop_rate", 0.0)
         zero_init_last = opts.pop("zero_init_last", False)
+        drop_path_rate = opts.pop("drop_path_rate", 0.0)
         merged = {**defaults, **{k: v for k, v in opts.items() if v not in ("", None)}}
         return ResNet(num_classes=num_classes, opts=BlockOptions(**merged), cifar_stem=cifar,
-                      drop_rate=drop_rate, zero_init_last=zero_init_last, **arch)
+                      drop_rate=drop_rate, zero_init_last=zero_init_last, drop_path_rate=drop_path_rate, **arch)
 
     _REGISTRY[name] = ModelSpec(name, build, family, 10 if cifar else 1000, paper)
 
@@ -103,14 +104,15 @@ def _build(cfg: ModelConfig, classes: int) -> nn.Module:
 
         try:
             return timm.create_model(cfg.name[5:], pretrained=False, num_classes=classes or 1000,
-                                     drop_rate=cfg.drop_rate)
+                                     drop_rate=cfg.drop_rate, **({"drop_path_rate": cfg.drop_path_rate}
+                                                                 if cfg.drop_path_rate > 0 else {}))
         except RuntimeError as exc:  # timm: "Unknown model (...)"
             raise ValueError(f"unknown timm model '{cfg.name[5:]}': {exc}") from None
     spec = get_spec(cfg.name)
     opts = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(BlockOptions) if hasattr(cfg, f.name)}
     opts["stride_on_3x3"] = cfg.variant == "v1.5"
     return spec.build(classes or spec.default_classes, drop_rate=cfg.drop_rate,
-                      zero_init_last=cfg.zero_init_last, **opts)
+                      zero_init_last=cfg.zero_init_last, drop_path_rate=cfg.drop_path_rate, **opts)
 
 
 def count_parameters(model: nn.Module) -> int:

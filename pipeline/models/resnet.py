@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import nn
 
 SHORTCUTS = ("identity", "scaling", "gating", "shortcut_gating", "conv1x1", "dropout", "none")
@@ -71,9 +72,12 @@ class ResidualBlock(nn.Module):
     torchvision's names. Pre-activation units put bn_i *before* conv_i (bn1 sees the input).
     """
 
-    def __init__(self, in_ch: int, width: int, stride: int, bottleneck: bool, opts: BlockOptions) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int, bottleneck: bool, opts: BlockOptions,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         self.opts = opts
+        # Stochastic depth: timm's DropPath on the residual branch (no parameters, no state-dict keys).
+        self.drop_path: nn.Module = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.bottleneck = bottleneck
         out_ch = width * (4 if bottleneck else 1)
         preact = opts.activation == "full_preact"
@@ -147,6 +151,7 @@ class ResidualBlock(nn.Module):
         else:
             residual = self._residual(x)
             shortcut_in = x
+        residual = self.drop_path(residual)
 
         if opts.shortcut == "none":
             out = residual
@@ -184,8 +189,11 @@ class ResNet(nn.Module):
         opts: BlockOptions = BlockOptions(),
         drop_rate: float = 0.0,
         zero_init_last: bool = False,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if drop_path_rate > 0 and opts.shortcut == "none":
+            raise ValueError("model.drop_path_rate needs a shortcut: a plain network has no identity path to keep")
         preact = opts.activation in PREACT
         stem_width = widths[0]
         if cifar_stem:
@@ -199,11 +207,15 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
         in_ch = stem_width
+        num_blocks, block_index = sum(layers), 0
         for stage, (width, depth) in enumerate(zip(widths, layers), start=1):
             blocks = []
             for b in range(depth):
                 stride = 2 if (stage > 1 and b == 0) else 1
-                blocks.append(ResidualBlock(in_ch, width, stride, bottleneck, opts))
+                # timm's rule (resnet.py drop_blocks/make_blocks): the rate grows linearly with depth.
+                rate = drop_path_rate * block_index / max(1, num_blocks - 1)
+                blocks.append(ResidualBlock(in_ch, width, stride, bottleneck, opts, rate))
+                block_index += 1
                 in_ch = width * (4 if bottleneck else 1)
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.num_stages = len(layers)

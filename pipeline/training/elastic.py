@@ -62,4 +62,7 @@ def adapt(cfg: RootConfig, world_size: int, recorded: dict | None) -> tuple[Root
     line = (f"resumed at world {world_size} from world {old_world} (step {recorded.get('global_step', 0)}, epoch "
             f"{recorded.get('epoch', 0) + 1} at sample {position:,}): global batch {global_batch} kept, "
             f"accumulation {old_acc} -> {accumulation}")
+    if cfg.data.repeat_aug > 1:  # ShardPlan: the stream of copies depends on the global batch alone
+        line += (f"; repeated augmentation x{cfg.data.repeat_aug}: the epoch's stream of copies is unchanged, "
+                 f"each sample's copies now spread over {min(world_size, cfg.data.repeat_aug)} of {world_size} ranks")
     return adapted, line

@@ -12,6 +12,7 @@ from pipeline.data.folder import IMAGE_EXTENSIONS
 from pipeline.data.resolution import scheduled, size_runs, train_sizes, val_resize_shorter, val_size
 from pipeline.data.sampler import ShardPlan
 from pipeline.optim import scaled_lr, warmup_epochs_for
+from pipeline.training.ema import torchvision_decay
 from pipeline.training.scaling import rate_at
 
 IMAGENET_TRAIN_IMAGES = 1_281_167  # ILSVRC-2012 train split
@@ -63,7 +64,8 @@ def make_plan(cfg: RootConfig, world_size: int, images: int | None = None, image
             "epochs": t.epochs, "images_per_epoch": images, "images_source": images_source,
             "image_sizes": [list(run) for run in size_runs(train_sizes(cfg.data, t.epochs))],
             "val_image_size": val_size(cfg.data), "val_view": _val_view(cfg),
-            "expected": _expected_note(cfg.expected, global_batch)}
+            "expected": _expected_note(cfg.expected, global_batch),
+            "recipe": recipe_note(cfg, global_batch), "lr_note": _adaptive_lr_note(cfg, global_batch, lr)}
     if images is None:
         return {**plan, "steps_per_epoch": None, "total_steps": None, "warmup_steps": None, "decay": [],
                 "estimate": "unknown: images per epoch unknown"}
@@ -95,6 +97,39 @@ def _expected_note(expected: dict, global_batch: int) -> str:
         note += (f"; measured at global batch {batches.get('measured')}, the scaling rule holds to "
                  f"{batches.get('rule_holds_to')}: {global_batch} is " + ("inside" if inside else "OUTSIDE that range"))
     return note
+
+
+def recipe_note(cfg: RootConfig, global_batch: int) -> str:
+    """The train-time regularization a config turns on, in one line ("" for none)."""
+    d, o, t = cfg.data, cfg.optim, cfg.trainer
+    parts = [f"{d.interpolation} resize"] if d.interpolation != "bilinear" else []
+    parts += [f"auto_augment {d.auto_augment}"] if d.auto_augment != "none" else []
+    parts += [f"random erase {d.random_erase:g}"] if d.random_erase else []
+    parts += [f"mixup {d.mixup:g} / cutmix {d.cutmix:g} (one per batch)"] if d.mixup or d.cutmix else []
+    parts += [f"repeated augmentation x{d.repeat_aug} (~{1 / d.repeat_aug:.0%} distinct images an epoch)"
+              ] if d.repeat_aug > 1 else []
+    if o.loss == "bce":
+        parts.append("BCE loss" + (f", targets thresholded at {o.bce_target_thresh:g}" if o.bce_target_thresh else ""))
+    parts += [f"label smoothing {o.label_smoothing:g}"] if o.label_smoothing else []
+    parts += [f"stochastic depth {cfg.model.drop_path_rate:g}"] if cfg.model.drop_path_rate else []
+    if t.ema_decay > 0:
+        decay = (torchvision_decay(t.ema_decay, global_batch, t.ema_every, t.epochs) if t.ema_torchvision_rule
+                 else t.ema_decay)
+        parts.append(f"EMA every {t.ema_every} step(s), decay {decay:.6g}"
+                     + (" (torchvision's rule at this batch; copies during the warmup)" if t.ema_torchvision_rule else ""))
+    return ", ".join(parts)
+
+
+def _adaptive_lr_note(cfg: RootConfig, global_batch: int, lr: float) -> str:
+    """LAMB/LARS past the batch the recipe was published at: the linear rule is this pipeline's
+    choice, not the optimizer's paper (You et al. 2020 scale LAMB's LR with the square root)."""
+    measured = ((cfg.expected or {}).get("global_batch") or {}).get("measured")
+    if cfg.optim.name not in ("lamb", "lars") or not measured or global_batch <= measured or cfg.optim.base_batch <= 0:
+        return ""
+    root = cfg.optim.lr * (global_batch / measured) ** 0.5
+    return (f"{cfg.optim.name.upper()} past the published batch {measured}: the linear rule gives {lr:.4g} "
+            f"(x{global_batch / measured:g}); the square-root rule of the LAMB paper would give {root:.4g}. "
+            f"Untested at this batch by the publisher: to choose, set optim.base_batch=0 and optim.lr")
 
 
 def _decay_points(cfg: RootConfig, steps_per_epoch: int, lr: float) -> list[dict]:
@@ -141,8 +176,12 @@ def format_plan(plan: dict, title: str) -> list[str]:
              f"  batch             {p['per_gpu_batch']} per GPU (BN batch {p['bn_batch']}), {p['global_batch']:,} global"
              + (f" ({p['accumulation']} accumulation steps)" if p["accumulation"] > 1 else ""),
              f"  learning rate     {p['lr']:.6g} peak ({p['lr_rule']})"]
+    if p.get("lr_note"):
+        lines.append(f"  LR note           {p['lr_note']}")
     if p.get("expected"):
         lines.append(f"  paper number      {p['expected']}")
+    if p.get("recipe"):
+        lines.append(f"  regularization    {p['recipe']}")
     if p["total_steps"] is None:
         return lines + [f"  images per epoch  {p['images_source']}", f"  estimate          {p['estimate']}"]
     warmup = (f"{p['warmup_epochs']:g} epochs = {p['warmup_steps']:,} steps, linear from {p.get('warmup_lr', 0):g}"

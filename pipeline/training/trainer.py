@@ -23,6 +23,7 @@ from pipeline.models import build_model, count_parameters
 from pipeline.optim import LRSchedule, build_optimizer, scaled_lr, warmup_epochs_for
 from pipeline.runtime import Runtime, StopSignal, seed_everything
 from pipeline.trained import load_pretrained
+from pipeline.training.ema import build_ema
 from pipeline.training.evaluate import evaluate, replica_checksum
 from pipeline.training.guards import val_at_chance
 from pipeline.training.state import LogWindow, TrainState
@@ -33,15 +34,23 @@ class NonFiniteLossError(RuntimeError):
 
 
 def make_loss(cfg: RootConfig, num_classes: int):
-    """Returns (mixup_fn or None, loss(logits, targets))."""
+    """Returns (mixup_fn or None, loss(logits, targets)), composed as timm's train.py does: with
+    mixup/cutmix the label smoothing goes into the mixed soft targets (timm's Mixup switches between
+    the two per batch), and the loss is soft-target cross-entropy or timm's BinaryCrossEntropy."""
+    o = cfg.optim
+    threshold = o.bce_target_thresh or None
     if cfg.data.mixup > 0 or cfg.data.cutmix > 0:
         from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
+        from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
         mixup = Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix,
-                      label_smoothing=cfg.optim.label_smoothing, num_classes=num_classes)
-        return mixup, SoftTargetCrossEntropy()
-    return None, torch.nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+                      label_smoothing=o.label_smoothing, num_classes=num_classes)
+        return mixup, BinaryCrossEntropy(target_threshold=threshold) if o.loss == "bce" else SoftTargetCrossEntropy()
+    if o.loss == "bce":
+        from timm.loss import BinaryCrossEntropy
+
+        return None, BinaryCrossEntropy(smoothing=o.label_smoothing, target_threshold=threshold)
+    return None, torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
 
 
 def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
@@ -89,11 +98,7 @@ class Trainer:
         self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs,
                                    self.warmup_epochs)
         self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
-        self.ema = None
-        if cfg.trainer.ema_decay > 0:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.engine.module, decay=cfg.trainer.ema_decay)
+        self.ema = build_ema(self.engine.module, cfg.trainer, global_batch)
         self.state = TrainState()
         self.metrics = MetricsLog(self.run_dir, rt.is_main)
         self.total_steps = cfg.trainer.epochs * self.steps_per_epoch
@@ -167,7 +172,7 @@ class Trainer:
             for micro in range(self.accumulation):
                 self.micro_step(self.next_batch(batches, window), micro == self.accumulation - 1, window)
             if self.ema is not None:
-                self.ema.update(self.engine.module, step=s.global_step)
+                self.ema.step(self.engine.module, s.global_step, self.schedule.warmup_steps)
             s.step_in_epoch += 1
             s.global_step += 1
             progress.advance(s.global_step)
