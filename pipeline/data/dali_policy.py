@@ -15,6 +15,8 @@ per-op difference (tests/test_augment_policies.py).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from nvidia.dali import types
 from nvidia.dali.auto_aug import augmentations as a
@@ -65,6 +67,10 @@ def _tv_augmentation(name: str, magnitudes, signed: bool):
            "Brightness": (a.brightness, a.shift_enhance_range), "Color": (a.color, a.shift_enhance_range),
            "Contrast": (a.contrast, a.shift_enhance_range), "Sharpness": (a.sharpness, a.sharpness_kernel)}
     op, to_param = ops[name]
+    if name.startswith("Shear"):  # DALI's shear matrix leans the other way for the same factor
+        table = -table
+    if name.startswith("Translate"):  # torchvision shifts by int(magnitude) pixels
+        table = np.trunc(table)
     return op.augmentation(table, signed, to_param) if to_param else op.augmentation(table, signed)
 
 
@@ -91,7 +97,9 @@ def autoaug_policy(size: int) -> Policy:
     transform = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
     space = _tv_space(transform, 10, size)
     subs = [[(space[name], prob, index) for name, prob, index in sub] for sub in transform._policies]
-    return Policy("torchvision_imagenet", 10, subs)
+    with warnings.catch_warnings():  # torchvision's table has an Equalize at probability 0: kept as published
+        warnings.simplefilter("ignore", UserWarning)
+        return Policy("torchvision_imagenet", 10, subs)
 
 
 def _timm_posterize_mask(bits_fn):
@@ -121,9 +129,10 @@ def rand_suite(cfg: DataConfig, size: int) -> list:
     return [a.auto_contrast, a.equalize, a.invert, a.rotate.augmentation((0, 30), True), posterize, solarize,
             a.solarize_add.augmentation(scale, False, lambda L: np.uint8(int(L / 10 * 110))),
             enhance[a.color], enhance[a.contrast], enhance[a.brightness], enhance[a.sharpness],
-            a.shear_x.augmentation((0, 0.3), True), a.shear_y.augmentation((0, 0.3), True),
-            a.translate_x_no_shape.augmentation((0, translate), True),
-            a.translate_y_no_shape.augmentation((0, translate), True)]
+            # PIL's affine maps output to input: shears and shifts lean the other way in DALI's forward maps.
+            a.shear_x.augmentation((0, -0.3), True), a.shear_y.augmentation((0, -0.3), True),
+            a.translate_x_no_shape.augmentation((0, -translate), True),
+            a.translate_y_no_shape.augmentation((0, -translate), True)]
 
 
 def rand_fill(cfg: DataConfig) -> int:
