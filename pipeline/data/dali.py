@@ -108,7 +108,7 @@ class DaliLoader(PlannedLoader):
             self.replaced_images += int(np.asarray(replaced.as_tensor()).sum())
             flips = np.asarray(extra[0].as_tensor()) if extra else None
             images = self.torch_resize(crops, flips, size)
-            if self.cfg.random_erase > 0:  # data.random_erase: the regions from the source, after normalizing
+            if self.train and self.cfg.random_erase > 0:  # data.random_erase: the source's regions, after normalizing
                 top_left, extent = (torch.from_numpy(np.array(out.as_tensor())) for out in extra[-2:])
                 images = erase_regions(images, torch.cat([top_left, extent], 1).int())
             yield images, torch.from_numpy(np.array(labels.as_tensor())).view(-1)
