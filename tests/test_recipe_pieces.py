@@ -14,7 +14,7 @@ from pipeline.data import Placement, build_data
 from pipeline.data.sampler import ShardPlan
 from pipeline.training.elastic import adapt
 from pipeline.training.ema import build_ema, torchvision_decay
-from pipeline.training.trainer import make_loss
+from pipeline.training.loss import make_loss
 
 
 def _stream(n, world, batch, repeats, epoch=0, accumulation=1):

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config.policy import policy_kind
+from pipeline.config.policy import check_augmentation
 from pipeline.config.schema import ConfigError, RootConfig
 from pipeline.suggest import did_you_mean
 
@@ -240,23 +240,9 @@ def validate(cfg: RootConfig) -> None:
         if not 0 <= get(cfg, key) <= 1:
             raise ConfigError(f"config key '{key}' is a fraction: it must be within [0, 1], got {get(cfg, key)}")
     _check_sizes(cfg)
-    _check_augmentation(cfg)
+    check_augmentation(cfg)
     if cfg.distributed.zero_stage not in (0, 1, 2):
         raise ConfigError(f"config key 'distributed.zero_stage' must be 0, 1 or 2, got {cfg.distributed.zero_stage}")
-
-
-def _check_augmentation(cfg: RootConfig) -> None:
-    """The recipes' augmentations work on decoded ImageNet-style images, not CIFAR's fixed arrays."""
-    d = cfg.data
-    policy_kind(d.auto_augment)
-    if d.dataset in ("cifar10", "cifar100"):
-        for key, value, default in (("auto_augment", d.auto_augment, "none"), ("random_erase", d.random_erase, 0.0),
-                                    ("interpolation", d.interpolation, "bilinear")):
-            if value != default:
-                raise ConfigError(f"data.{key}={value}: the recipes' augmentations need ImageNet-style images "
-                                  f"(dataset imagefolder), not {d.dataset}'s arrays")
-    if cfg.optim.bce_target_thresh > 0 and cfg.optim.loss != "bce":
-        raise ConfigError(f"optim.bce_target_thresh={cfg.optim.bce_target_thresh} needs optim.loss=bce")
 
 
 def _check_sizes(cfg: RootConfig) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pipeline.config.schema import ConfigError
+from pipeline.config.schema import ConfigError, RootConfig
 
 KINDS = ("none", "ta_wide", "autoaug", "rand-...")
 LEVEL_DENOM = 10  # timm's magnitude scale: level / 10 of each op's range
@@ -62,3 +62,17 @@ def rand_settings(text: str) -> RandAugmentSettings:
     if settings.num_ops < 1:
         raise ConfigError(f"data.auto_augment '{text}': n must be >= 1")
     return settings
+
+
+def check_augmentation(cfg: RootConfig) -> None:
+    """The recipes' augmentations work on decoded ImageNet-style images, not CIFAR's fixed arrays."""
+    d = cfg.data
+    policy_kind(d.auto_augment)
+    if d.dataset in ("cifar10", "cifar100"):
+        for key, value, default in (("auto_augment", d.auto_augment, "none"), ("random_erase", d.random_erase, 0.0),
+                                    ("interpolation", d.interpolation, "bilinear")):
+            if value != default:
+                raise ConfigError(f"data.{key}={value}: the recipes' augmentations need ImageNet-style images "
+                                  f"(dataset imagefolder), not {d.dataset}'s arrays")
+    if cfg.optim.bce_target_thresh > 0 and cfg.optim.loss != "bce":
+        raise ConfigError(f"optim.bce_target_thresh={cfg.optim.bce_target_thresh} needs optim.loss=bce")

@@ -25,32 +25,13 @@ from pipeline.runtime import Runtime, StopSignal, seed_everything
 from pipeline.trained import load_pretrained
 from pipeline.training.ema import build_ema
 from pipeline.training.evaluate import evaluate, replica_checksum
+from pipeline.training.loss import make_loss
 from pipeline.training.guards import val_at_chance
 from pipeline.training.state import LogWindow, TrainState
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def make_loss(cfg: RootConfig, num_classes: int):
-    """Returns (mixup_fn or None, loss(logits, targets)), composed as timm's train.py does: with
-    mixup/cutmix the label smoothing goes into the mixed soft targets (timm's Mixup switches between
-    the two per batch), and the loss is soft-target cross-entropy or timm's BinaryCrossEntropy."""
-    o = cfg.optim
-    threshold = o.bce_target_thresh or None
-    if cfg.data.mixup > 0 or cfg.data.cutmix > 0:
-        from timm.data import Mixup
-        from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
-
-        mixup = Mixup(mixup_alpha=cfg.data.mixup, cutmix_alpha=cfg.data.cutmix,
-                      label_smoothing=o.label_smoothing, num_classes=num_classes)
-        return mixup, BinaryCrossEntropy(target_threshold=threshold) if o.loss == "bce" else SoftTargetCrossEntropy()
-    if o.loss == "bce":
-        from timm.loss import BinaryCrossEntropy
-
-        return None, BinaryCrossEntropy(smoothing=o.label_smoothing, target_threshold=threshold)
-    return None, torch.nn.CrossEntropyLoss(label_smoothing=o.label_smoothing)
 
 
 def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
