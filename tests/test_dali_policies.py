@@ -143,3 +143,32 @@ def test_each_ta_wide_op_differs_from_torchvision_within_its_bound(images):
         measured[name] = float(np.mean(diffs))
     print("per-op mean |DALI - torchvision| at bin 20:", {k: round(v, 2) for k, v in measured.items()})
     assert all(measured[name] <= 1.5 * TA_WIDE_MEASURED[name] + 0.1 for name in names), measured
+
+
+# The same statistic for timm's RandAugment ops at level 7 (bilinear, positive sign), measured on the
+# 2-core AVX2 EPYC: the warps differ by DALI's one fill value (116 for timm's (124, 116, 104)).
+RAND_MEASURED = {"AutoContrast": 0.5, "Equalize": 9.64, "Invert": 0.0, "Rotate": 1.9, "PosterizeIncreasing": 0.0,
+                 "SolarizeIncreasing": 0.0, "SolarizeAdd": 0.0, "ColorIncreasing": 0.32, "ContrastIncreasing": 0.42,
+                 "BrightnessIncreasing": 0.24, "SharpnessIncreasing": 0.5, "ShearX": 1.49, "ShearY": 1.49,
+                 "TranslateXRel": 2.67, "TranslateYRel": 2.68}
+
+
+def test_each_rand_op_differs_from_timm_within_its_bound(images, monkeypatch):
+    from PIL import Image
+
+    import timm.data.auto_augment as timm_aa
+
+    monkeypatch.setattr(timm_aa, "_randomly_negate", lambda v: v)
+    ra = timm_aa.rand_augment_transform("rand-m7-mstd0.5-inc1", {"translate_pct": 0.45, "img_mean": (124, 116, 104),
+                                                                 "interpolation": Image.BILINEAR})
+    names = timm_aa._RAND_INCREASING_TRANSFORMS
+    draws = [np.array([1, op, 700, 0, 0, 0, 0, 0], dtype=np.int32) for op in range(len(names)) for _ in images]
+    got = _run("rand-m7-mstd0.5-inc1", images * len(names), draws)
+    measured = {}
+    for index, (name, op) in enumerate(zip(names, ra.ops)):
+        args = op.level_fn(7.0, op.hparams) if op.level_fn else ()
+        refs = [np.asarray(op.aug_fn(Image.fromarray(image), *args, **op.kwargs)) for image in images]
+        outs = got[index * len(images):(index + 1) * len(images)]
+        measured[name] = float(np.mean([np.abs(o.astype(float) - r.astype(float)).mean() for o, r in zip(outs, refs)]))
+    print("per-op mean |DALI - timm| at level 7:", {k: round(v, 2) for k, v in measured.items()})
+    assert all(measured[name] <= 1.5 * RAND_MEASURED[name] + 0.1 for name in names), measured
