@@ -63,7 +63,10 @@ def _final_model(run):
 def _common(demo_data, batch: int) -> list[str]:
     return [*FAST, f"data.path={demo_data}", "trainer.precision=fp32", "model.frozen_bn=true", "trainer.epochs=2",
             "trainer.max_steps=12", f"data.batch_size={batch}", "trainer.log_every=1", "trainer.checkpoint_every=5",
-            "optim.weight_decay=0.0001", "trainer.keep_checkpoints=10"]
+            "optim.weight_decay=0.0001", "trainer.keep_checkpoints=10",
+            # repeated augmentation (issue 33): its stream of copies depends on the global batch only,
+            # so every resume at another size below also carries it on
+            "data.repeat_aug=2"]
 
 
 @pytest.fixture(scope="module")
