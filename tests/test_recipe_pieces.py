@@ -161,3 +161,30 @@ def test_ema_follows_torchvisions_rule():
                 reference.n_averaged.fill_(0)
     for mine, theirs in zip(ours.module.state_dict().values(), reference.module.state_dict().values()):
         assert torch.allclose(mine.float(), theirs.float(), atol=1e-5)
+
+
+def test_a_dead_worker_is_named_when_its_error_lands_inside_a_checkpoint_write():
+    """torch's SIGCHLD handler raises wherever the loop is; inside torch.save the error that comes
+    out is torch.save's own ("unexpected pos", seen once in CI). The trainer then asks the loader,
+    which finds the dead worker the way torch names it."""
+    import types
+
+    from pipeline.data.planned import TorchLoader
+    from pipeline.training.state import TrainState
+    from pipeline.training.trainer import _naming_the_step_of_a_dead_loader_worker
+
+    dead = types.SimpleNamespace(is_alive=lambda: False, exitcode=-9, pid=4242)
+    loader = TorchLoader.__new__(TorchLoader)
+    loader._loader = types.SimpleNamespace(_iterator=types.SimpleNamespace(_workers=[dead]))
+    assert loader.dead_worker().startswith("DataLoader worker (pid 4242) is killed by signal: SIGKILL")
+    state = TrainState()
+    state.global_step = 17
+    with pytest.raises(RuntimeError, match=r"data loader worker died at step 17: DataLoader worker \(pid 4242\) .*"
+                                           r"\(\[enforce fail at inline_container.cc:672\] . unexpected pos"):
+        with _naming_the_step_of_a_dead_loader_worker(state, loader):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 528064 vs 527960")
+    alive = TorchLoader.__new__(TorchLoader)
+    alive._loader = None
+    with pytest.raises(RuntimeError, match="^something else$"):
+        with _naming_the_step_of_a_dead_loader_worker(state, alive):
+            raise RuntimeError("something else")

@@ -73,6 +73,14 @@ class TorchLoader(PlannedLoader):
         except (ConnectionResetError, EOFError, BrokenPipeError) as exc:
             raise _dead_worker_error(self._loader, exc) from None
 
+    def dead_worker(self) -> str:
+        """torch's line for a loader worker that has died ("DataLoader worker (pid N) is killed by
+        signal: SIGKILL"), or "" when all are alive."""
+        if self._loader is None:
+            return ""
+        error = _dead_worker_error(self._loader, RuntimeError("asked by the trainer"), wait=0.5)
+        return str(error) if "DataLoader worker (pid" in str(error) else ""
+
     def _finish(self, images, labels, replaced, erase):
         self.replaced_images += int(replaced.sum())
         if images.ndim == 4 and images.shape[-1] == 3 and self.dataset.hwc:
@@ -83,7 +91,7 @@ class TorchLoader(PlannedLoader):
         return images, labels.to(self.normalize.device, non_blocking=True)
 
 
-def _dead_worker_error(loader, exc: Exception) -> Exception:
+def _dead_worker_error(loader, exc: Exception, wait: float = 5.0) -> Exception:
     """A worker killed while it hands over a batch can surface as a reset connection (its shared
     memory is passed over a socket) before torch's own check sees it dead. Name the dead worker as
     torch does ("DataLoader worker (pid N) is killed by signal: ..."), so the trainer reports it
@@ -92,7 +100,7 @@ def _dead_worker_error(loader, exc: Exception) -> Exception:
     import time
 
     workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []  # torch's, private
-    deadline = time.monotonic() + 5.0  # SIGKILL is asynchronous: let the process finish dying
+    deadline = time.monotonic() + wait  # SIGKILL is asynchronous: let the process finish dying
     while time.monotonic() < deadline:
         dead = [w for w in workers if not w.is_alive()]
         if dead:

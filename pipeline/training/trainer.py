@@ -43,10 +43,12 @@ def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
 
 
 @contextlib.contextmanager
-def _naming_the_step_of_a_dead_loader_worker(state: TrainState):
+def _naming_the_step_of_a_dead_loader_worker(state: TrainState, loader):
     """torch's DataLoader reports a dead worker ("DataLoader worker (pid N) is killed by signal")
     from its SIGCHLD handler, wherever the loop is, and a failed DALI pipeline names only its own
-    step: add the global step, so a restart's log explains itself."""
+    step: add the global step, so a restart's log explains itself. When the handler's error lands
+    inside a checkpoint write, torch.save's own error ("unexpected pos") comes out instead (seen
+    once in CI): the loader is then asked whether a worker is dead."""
     try:
         yield
     except RuntimeError as exc:
@@ -55,6 +57,8 @@ def _naming_the_step_of_a_dead_loader_worker(state: TrainState):
             raise RuntimeError(f"data loader worker died at step {state.global_step}: {first}") from None
         if first.startswith("DALI pipeline failed"):
             raise RuntimeError(f"{first} (global step {state.global_step})") from None
+        if dead := getattr(loader, "dead_worker", lambda: "")():
+            raise RuntimeError(f"data loader worker died at step {state.global_step}: {dead} ({first})") from None
         raise
 
 
@@ -237,7 +241,7 @@ class Trainer:
         progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
         progress.advance(s.global_step)
         set_train_mode(self.engine.wrapped, cfg.model.frozen_bn)
-        with _naming_the_step_of_a_dead_loader_worker(s):  # a worker's death may be reported at any point
+        with _naming_the_step_of_a_dead_loader_worker(s, self.data.train):  # a worker's death may come at any point
             try:
                 interrupted = self._epochs(progress)
             finally:
