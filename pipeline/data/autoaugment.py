@@ -33,18 +33,24 @@ def derived_seed(seed: int, salt: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded_globals(seed: int):
-    """torch's, Python's and numpy's global generators seeded from `seed`, restored afterwards."""
-    torch_state, py_state, np_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+def seeded_globals(seed: int, python_and_numpy: bool = True):
+    """torch's CPU generator (and Python's and numpy's) seeded from `seed`, restored afterwards.
+    torch's CPU generator alone, not torch.manual_seed: that also seeds every accelerator's
+    generators, 0.17 ms a call here, paid per sample."""
+    generator = torch.default_generator
+    torch_state = generator.get_state()
+    generator.manual_seed(seed)
+    if python_and_numpy:
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
     try:
         yield
     finally:
-        torch.set_rng_state(torch_state)
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        generator.set_state(torch_state)
+        if python_and_numpy:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 def interpolation_mode(name: str) -> v2.InterpolationMode:
@@ -89,7 +95,7 @@ def erase_region(seed: int, size: int, prob: float) -> tuple[int, int, int, int]
     image, drawn from the sample's seed; (0, 0, 0, 0) when it erases nothing."""
     if prob <= 0:
         return (0, 0, 0, 0)
-    with seeded_globals(derived_seed(seed, ERASE_SALT)):
+    with seeded_globals(derived_seed(seed, ERASE_SALT), python_and_numpy=False):  # torch's draws only
         if not torch.rand(1) < prob:  # RandomErasing.forward's draw
             return (0, 0, 0, 0)
         top, left, h, w, _ = T.RandomErasing.get_params(torch.empty(3, size, size), ERASE_SCALE, ERASE_RATIO, [0])
@@ -100,13 +106,9 @@ def erase_region(seed: int, size: int, prob: float) -> tuple[int, int, int, int]
 
 def erase_regions(images: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     """Set each image's region (N x [top, left, height, width]) to 0 in the normalized batch: the
-    mean pixel, as torchvision's RandomErasing(value=0) after Normalize. One masked fill for the
-    whole batch, in any memory format."""
-    regions = regions.to(images.device, non_blocking=True).view(-1, 4)
-    height, width = images.shape[-2:]
-    rows = torch.arange(height, device=images.device)
-    cols = torch.arange(width, device=images.device)
-    top, left, h, w = regions.unbind(1)
-    in_rows = (rows[None] >= top[:, None]) & (rows[None] < (top + h)[:, None])
-    in_cols = (cols[None] >= left[:, None]) & (cols[None] < (left + w)[:, None])
-    return images.masked_fill_(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0.0)
+    mean pixel, as torchvision's RandomErasing(value=0) after Normalize. One slice assignment per
+    erased image (a tenth of a batch under the V2 recipe), in any memory format."""
+    for i, (top, left, h, w) in enumerate(regions.view(-1, 4).tolist()):
+        if h and w:
+            images[i, :, top:top + h, left:left + w] = 0.0
+    return images
