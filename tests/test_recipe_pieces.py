@@ -51,6 +51,10 @@ def test_repeated_augmentation_stream_is_the_same_at_any_world_with_one_global_b
     two, _ = _stream(100, 2, 8, 4)
     one, _ = _stream(100, 1, 8, 4, accumulation=2)
     assert [sorted(step) for step in two] == [sorted(step) for step in one]
+    for epoch in (0, 1):  # 2 x 8 x 3 and 3 x 8 x 2: global batch 48, as tests/test_elastic.py resumes it
+        two, _ = _stream(400, 2, 8, 2, epoch=epoch, accumulation=3)
+        three, _ = _stream(400, 3, 8, 2, epoch=epoch, accumulation=2)
+        assert [sorted(step) for step in two] == [sorted(step) for step in three] and len(two) == 9
     plan = ShardPlan(100, 1, 2, 8, True, seed=3, repeats=4)
     assert plan.batches(1, start_step=3) == plan.batches(1)[3:]  # mid-epoch resume: the tail of the same pass
     assert plan.batches(0) != plan.batches(1)  # a new order each epoch
