@@ -8,12 +8,12 @@ error line before torch is imported, and so that the DALI backend gets the same 
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 from pipeline.config.schema import ConfigError, RootConfig
 
-KINDS = ("none", "ta_wide", "autoaug", "rand-...")
 LEVEL_DENOM = 10  # timm's magnitude scale: level / 10 of each op's range
 
 
@@ -42,6 +42,7 @@ def policy_kind(text: str) -> str:
                       "or rand-m<M>-n<N>-mstd<S>-inc<0|1> (timm's RandAugment grammar)")
 
 
+@functools.lru_cache(maxsize=64)  # the DALI feed asks once per sample
 def rand_settings(text: str) -> RandAugmentSettings:
     parts = text.split("-")
     if parts[0] != "rand":

@@ -19,13 +19,15 @@ any pass, worker or world size; the graph itself draws nothing. One int32 row pe
 """
 from __future__ import annotations
 
+import functools
 import random
+import threading
 
 import numpy as np
 import torch
 
 from pipeline.config import DataConfig
-from pipeline.config.policy import LEVEL_DENOM, policy_kind, rand_settings
+from pipeline.config.policy import LEVEL_DENOM, RandAugmentSettings, policy_kind, rand_settings
 from pipeline.data.autoaugment import POLICY_SALT, derived_seed
 
 TA_WIDE_BINS = 31
@@ -38,10 +40,22 @@ _NEGATING = frozenset({3, 11, 12, 13, 14})
 _NEGATING_INCREASING = _NEGATING | {7, 8, 9, 10}
 
 
-def _tv_space():
+@functools.lru_cache(maxsize=None)
+def _tv_tables() -> tuple[tuple, tuple]:
+    """Per op of TrivialAugmentWide: (has a magnitude, signed); per AutoAugment sub-policy, per
+    stage: (probability, has a magnitude, signed). Read once from torchvision's tables: the
+    draws run for every sample, in the process (or feed worker) that feeds DALI."""
     from torchvision.transforms import v2
 
-    return v2.TrivialAugmentWide._AUGMENTATION_SPACE, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    def info(space, name, bins):
+        magnitudes_fn, signed = space[name]
+        return magnitudes_fn(bins, 1, 1) is not None, signed
+
+    ta_space = v2.TrivialAugmentWide._AUGMENTATION_SPACE
+    autoaug = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+    return (tuple(info(ta_space, name, TA_WIDE_BINS) for name in ta_space),
+            tuple(tuple((p, *info(autoaug._AUGMENTATION_SPACE, name, 10)) for name, p, _ in sub)
+                  for sub in autoaug._policies))
 
 
 def draw_policy(cfg: DataConfig, seed: int) -> np.ndarray | None:
@@ -51,7 +65,7 @@ def draw_policy(cfg: DataConfig, seed: int) -> np.ndarray | None:
         return None
     policy_seed = derived_seed(seed, POLICY_SALT)
     if kind == "rand":
-        return _timm_rand(cfg, policy_seed)
+        return _timm_rand(rand_settings(cfg.auto_augment), policy_seed)
     gen = torch.Generator().manual_seed(policy_seed)  # torch's global generator after manual_seed: the same stream
 
     def randint(n: int) -> int:
@@ -60,26 +74,30 @@ def draw_policy(cfg: DataConfig, seed: int) -> np.ndarray | None:
     def coin() -> int:
         return int(torch.rand((), generator=gen) <= 0.5)
 
-    space, autoaug = _tv_space()
+    ta_ops, autoaug = _tv_tables()
     if kind == "ta_wide":
-        name = tuple(space)[op := randint(len(space))]
-        magnitudes_fn, signed = space[name]
-        if magnitudes_fn(TA_WIDE_BINS, 1, 1) is None:
+        has_magnitude, signed = ta_ops[op := randint(len(ta_ops))]
+        if not has_magnitude:
             return np.array([op, 0, 0], dtype=np.int32)
         magnitude_bin = randint(TA_WIDE_BINS)
         return np.array([op, magnitude_bin, coin() if signed else 0], dtype=np.int32)
-    sub = randint(len(autoaug._policies))
+    sub = randint(len(autoaug))
     runs, negated = [], []
-    for name, probability, _ in autoaug._policies[sub]:
+    for probability, has_magnitude, signed in autoaug[sub]:
         runs.append(int(torch.rand((), generator=gen) <= probability))
-        magnitudes_fn, signed = autoaug._AUGMENTATION_SPACE[name]
-        negated.append(coin() if runs[-1] and signed and magnitudes_fn(10, 1, 1) is not None else 0)
+        negated.append(coin() if runs[-1] and signed and has_magnitude else 0)
     return np.array([sub, *runs, *negated], dtype=np.int32)
 
 
-def _timm_rand(cfg: DataConfig, policy_seed: int) -> np.ndarray:
-    s = rand_settings(cfg.auto_augment)
-    ops = np.random.RandomState(policy_seed % 2**32).choice(RAND_OPS, s.num_ops, replace=True)
+_local = threading.local()  # one reseeded numpy generator per thread: constructing one costs 0.3 ms
+
+
+def _timm_rand(s: RandAugmentSettings, policy_seed: int) -> np.ndarray:
+    if not hasattr(_local, "numpy"):
+        _local.numpy = np.random.RandomState()
+    numpy_rng = _local.numpy
+    numpy_rng.seed(policy_seed % 2**32)  # np.random.seed(x) on the global generator: the same stream
+    ops = numpy_rng.choice(RAND_OPS, s.num_ops, replace=True)
     rng = random.Random(policy_seed)  # random.seed(x) on the global generator is Random(x)
     negating = _NEGATING_INCREASING if s.increasing else _NEGATING
     rows = []
