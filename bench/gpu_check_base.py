@@ -1,14 +1,6 @@
-"""The GPU check's shared part (bench/gpu_check.py runs it): every GPU path of the project run once, each step PASS / FAIL / SKIPPED with its figure.
-
-    python3 bench/gpu_check.py --out OUT          # on a GPU machine (bench/gpu_check.sh installs bundles first)
-    GPU_CHECK_DRY=1 python3 bench/gpu_check.py    # the same steps' CPU twins, small (tests run this)
-
-Each step runs the real CLI (`pipeline train / eval / bench`) in a subprocess, keeps its whole output
-in OUT/<step>.txt, checks what the step exists to prove (loss finite and falling, resumed == straight,
-graphed == eager...) and records one figure line. A failing step never stops the others. At the end
-one table is printed and written with every figure to OUT/summary.json; the exit code is 1 when any
-step failed. A step whose requirement is absent (no DALI, no DeepSpeed, a GPU-only feature in the dry
-run) is SKIPPED with the reason; on a GPU machine the check is complete only when nothing is skipped.
+"""The GPU check's shared part: its outcomes (Skip, Failed) and the helpers every step uses (run the
+CLI into the step's log, train, kill at a step, read losses). What the check does and how to run it:
+bench/gpu_check.py.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ The random choices come with the sample from the file source (`policy_draws`): t
 backend's own choices for that sample, so the graph draws no random numbers, a resumed pass repeats
 the uninterrupted one, and the two backends differ only where the operators do.
 Where DALI's operator differs from the library's, docs/experiments.md says how, with the measured
-per-op difference (tests/test_augment_policies.py).
+per-op difference (tests/test_dali_policies.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from nvidia.dali.auto_aug.core._select import select
 from pipeline.config import DataConfig
 from pipeline.config.policy import policy_kind, rand_settings
 from pipeline.data.policy_draws import AUTOAUG_STAGES, RAND_BINS, TA_WIDE_BINS
-
 
 
 def _tables_outside_autograph() -> None:
