@@ -19,7 +19,7 @@ from pathlib import Path
 # kernel has THP disabled.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # bad input: a config, a dataset or a run directory refused; Slurm does not requeue it
 EXIT_FAILED = 1
 
 
@@ -50,7 +50,7 @@ def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 class PreflightError(RuntimeError):
-    """A problem found before torch is imported; reported like any other failed run (exit 1)."""
+    """A dataset problem found before torch is imported; reported like a DataError (exit 2)."""
 
 
 def _preflight(cfg) -> None:
@@ -238,7 +238,14 @@ def _run(args: argparse.Namespace) -> int:
         prefix = f"error (rank {world.rank})" if world.world_size > 1 else "error"
         print(f"{prefix}: {_one_line(exc)}", file=sys.stderr, flush=True)
         _record_failure(world.rank, _one_line(exc))
-        return EXIT_FAILED
+        return EXIT_CONFIG if _bad_input(exc) else EXIT_FAILED
+
+
+def _bad_input(exc: Exception) -> bool:
+    """A dataset the user must fix (missing, mislabelled, unreadable, a truncated shard): a restart
+    would fail the same way. The data module is loaded whenever a DataError was raised."""
+    data_types = sys.modules.get("pipeline.data.types")
+    return isinstance(exc, PreflightError) or (data_types is not None and isinstance(exc, data_types.DataError))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ while true; do
   kill -0 "$train_pid" 2>/dev/null || break  # wait returned because of the trap: keep waiting
 done
 if [ "$requeue" = 0 ] && [ "$status" = 2 ]; then
-  echo "job $job_id: not requeued (exit 2: the configuration or run directory was refused, see the error above)" >&2
+  echo "job $job_id: not requeued (exit 2: the configuration, the dataset or the run directory was refused, see the error above)" >&2
   exit 2
 fi
 if [ "$requeue" = 0 ] && [ "$status" != 0 ] && [ "$status" != 75 ]; then

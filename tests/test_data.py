@@ -74,7 +74,7 @@ def _bad_dataset(root: Path, demo: Path) -> Path:
 def test_corrupt_image_fails_with_its_name(tmp_path, demo_data):
     root = _bad_dataset(tmp_path / "bad", demo_data)
     proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "broken.JPEG" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
@@ -106,23 +106,23 @@ def test_unusual_images_are_converted(tmp_path):
 
 def test_missing_dataset_and_empty_class(tmp_path):
     proc = run_cli("train", *FAST, f"data.path={tmp_path / 'nope'}", "data.make_demo=false", quick=True)
-    assert proc.returncode == 1 and f"dataset folder not found: {tmp_path / 'nope'}" in proc.stderr
+    assert proc.returncode == 2 and f"dataset folder not found: {tmp_path / 'nope'}" in proc.stderr
     # A mistyped path with the demo job's defaults (make_demo=true) must not get demo images written to it.
     proc = run_cli("train", *FAST, f"data.path={tmp_path / 'imagnet'}", quick=True)
-    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: dataset folder not found: {tmp_path / 'imagnet'} (data.path; the demo dataset is created only "
         f"at data/demo, or by `pipeline make-demo-data {tmp_path / 'imagnet'}`)"]
     assert not (tmp_path / "imagnet").exists()
     (tmp_path / "ds" / "train").mkdir(parents=True)
     proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}", quick=True)
-    assert proc.returncode == 1 and f"no class folders in {tmp_path / 'ds' / 'train'}" in proc.stderr
+    assert proc.returncode == 2 and f"no class folders in {tmp_path / 'ds' / 'train'}" in proc.stderr
     shutil.rmtree(tmp_path / "ds")
     for split in ("train", "val"):
         (tmp_path / "ds" / split / "a").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "ds" / split / "a" / "x.jpg")
         (tmp_path / "ds" / split / "empty").mkdir()
     proc = run_cli("train", *FAST, f"data.path={tmp_path / 'ds'}", quick=True)
-    assert proc.returncode == 1 and "has no images" in proc.stderr and "empty" in proc.stderr
+    assert proc.returncode == 2 and "has no images" in proc.stderr and "empty" in proc.stderr
 
 
 def test_cifar10_python_format(tmp_path):
@@ -208,7 +208,7 @@ def test_dali_corrupt_file_is_named(tmp_path, demo_data):
     root = _bad_dataset(tmp_path / "bad", demo_data)
     proc = run_cli("train", *FAST, "data.backend=dali", f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}",
                    "trainer.epochs=1")
-    assert proc.returncode == 1 and "cannot read image" in proc.stderr and "broken.JPEG" in proc.stderr
+    assert proc.returncode == 2 and "cannot read image" in proc.stderr and "broken.JPEG" in proc.stderr
     proc = run_cli("train", *FAST, "data.backend=dali", f"data.path={root}", f"trainer.run_dir={tmp_path / 'run2'}",
                    "trainer.epochs=1", "data.on_bad_image=skip")
     assert proc.returncode == 0 and "skipping unreadable image" in proc.stderr

@@ -223,7 +223,7 @@ def test_bad_data_through_check_and_training(tmp_path, demo_data, backend):
     assert "cmyk.JPEG" not in check.stdout and "deep16.png" not in check.stdout  # usable after conversion
     base = [*FAST, f"data.backend={backend}", f"data.path={root}", "trainer.epochs=1", "data.workers=1"]
     fail = run_cli("train", *base, f"trainer.run_dir={tmp_path / 'fail'}")
-    assert fail.returncode == 1 and any(name in fail.stderr for name in undecodable)
+    assert fail.returncode == 2 and any(name in fail.stderr for name in undecodable)
     assert "Traceback" not in fail.stderr
     skip = run_cli("train", *base, "data.on_bad_image=skip", f"trainer.run_dir={tmp_path / 'skip'}")
     assert skip.returncode == 0, skip.stderr[-2000:]

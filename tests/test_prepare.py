@@ -96,11 +96,11 @@ def test_missing_archive_and_md5_mismatch_are_one_line_errors(built, tmp_path, c
     partial = tmp_path / "partial"
     partial.mkdir()
     (partial / archives.TRAIN_TAR).write_bytes((out / "official" / archives.TRAIN_TAR).read_bytes())
-    assert _prepare("imagenet", str(partial), "--out", str(tmp_path / "o")) == 1
+    assert _prepare("imagenet", str(partial), "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and archives.VAL_TAR in err[-1] and archives.DEVKIT in err[-1]
     assert not (tmp_path / "o").exists()
-    assert _prepare("imagenet", str(out / "official"), "--out", str(tmp_path / "o"), "--md5") == 1
+    assert _prepare("imagenet", str(out / "official"), "--out", str(tmp_path / "o"), "--md5") == 2
     assert "MD5" in capsys.readouterr().err and not (tmp_path / "o").exists()
     real = {name: hashlib.md5((out / "official" / name).read_bytes()).hexdigest() for name in archives.OFFICIAL_MD5}
     monkeypatch.setattr(archives, "OFFICIAL_MD5", real)

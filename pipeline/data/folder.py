@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
@@ -20,50 +22,75 @@ from pipeline.data import bad_images
 from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
 from pipeline.data.resolution import val_resize_shorter, val_size
-from pipeline.data.shards import ShardMember, is_shard_split, read_bytes, scan_shards
-from pipeline.data.types import DataError
+from pipeline.data.sample_index import SampleIndex, load_or_build, names_blob
+from pipeline.data.shards import is_shard_split, read_bytes, scan_shards
+from pipeline.data.types import DataError, ShardMember
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Classes (sorted folder names) and (path, label) samples; empty class folders are an error."""
+def class_folders(root: Path) -> list[str]:
+    """Sorted class folder names; hidden folders (`.index`, `.ipynb_checkpoints`) are not classes."""
+    return sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+
+
+def scan_folder(root: Path) -> tuple[list[str], SampleIndex]:
+    """Classes (sorted folder names) and (path, label) samples; empty class folders are an error.
+    Mapped from the node's index cache while the split and class folders are unchanged."""
     if not root.is_dir():
         raise DataError(f"dataset folder not found: {root}")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    classes = class_folders(root)
     if not classes:
         raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
-    samples = []
+    # A file added, removed or renamed changes its class folder's mtime, so the key sees it.
+    index = load_or_build(root, "folder", [root, *(root / name for name in classes)], lambda: build_folder_index(root))
+    return index.classes, index
+
+
+def build_folder_index(root: Path) -> SampleIndex:
+    classes = class_folders(root)
+    names, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(
-            f.path for f in os.scandir(root / name) if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS)
-        )
+        files = sorted(f.name for f in os.scandir(root / name)
+                       if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
             raise DataError(f"class folder {root / name} has no images")
-        samples.extend((path, label) for path in files)
-    return classes, samples
+        names += [f"{name}/{file}" for file in files]
+        labels.append(np.full(len(files), label, dtype=np.int32))
+    blob, ends = names_blob(names)
+    return SampleIndex(classes, blob, ends, np.concatenate(labels), prefix=os.path.abspath(root))
 
 
-def read_file_list(path: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def read_file_list(path: Path) -> tuple[list[str], SampleIndex]:
     """A file list in DALI's `file_list` format: one "<path> <label>" per line, the label an integer
-    class index, relative paths taken from the list's folder. Classes are named by their index."""
+    class index, relative paths taken from the list's folder. Classes are named by their index.
+    Mapped from the node's index cache while the list file is unchanged."""
     if not path.is_file():
         raise DataError(f"file list not found: {path}")
-    samples = []
+    index = load_or_build(path, "list", [path], lambda: build_list_index(path))
+    return index.classes, index
+
+
+def build_list_index(path: Path) -> SampleIndex:
+    names, labels = [], []
     for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
+        text = line.strip()
+        if not text or text.startswith("#"):
             continue
-        name, _, label = line.strip().rpartition(" ")
+        name, _, label = text.rpartition(" ")
         if not name.strip() or not label.isdigit():
-            raise DataError(f"file list {path} line {number}: expected '<path> <integer label>', got {line.strip()!r}")
-        samples.append((str(path.parent / name.strip()), int(label)))
-    if not samples:
+            raise DataError(f"file list {path} line {number}: expected '<path> <integer label>', got {text!r}")
+        names.append(name.strip())
+        labels.append(int(label))
+    if not names:
         raise DataError(f"file list {path} lists no images")
-    return [str(i) for i in range(max(label for _, label in samples) + 1)], samples
+    blob, ends = names_blob(names)
+    return SampleIndex([str(i) for i in range(max(labels) + 1)], blob, ends, np.array(labels, dtype=np.int32),
+                       prefix=os.path.abspath(path.parent))
 
 
-def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str, int]]]]:
+def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], SampleIndex]]:
     """(classes, samples) of the train and val splits, from `data.train_list` / `data.val_list`
     when given, else from data.path/train and data.path/val (class folders or WebDataset shards),
     checked to agree."""
@@ -83,8 +110,7 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str,
         sources = {split: f"data.{split}_list {listed}" if listed else
                    f"{'shards' if split in sharded else 'folder'} {root / split}"
                    for split, listed in (("train", cfg.train_list), ("val", cfg.val_list))}
-        check_split_labels({label for _, label in train_samples}, {label for _, label in val_samples}, sources,
-                           cfg.val_subset)
+        check_split_labels(train_samples.label_set(), val_samples.label_set(), sources, cfg.val_subset)
     elif val_classes != train_classes:
         extra, missing = sorted(set(val_classes) - set(train_classes)), sorted(set(train_classes) - set(val_classes))
         if extra or not cfg.val_subset:
@@ -93,8 +119,9 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], list[tuple[str,
                             f"{len(missing)} only in train (e.g. {shown})"
                             + ("" if extra else f"; a val split with fewer classes on purpose needs {SUBSET_SETTING}"))
         # A deliberate subset: val images keep the train index of their class, found by name.
-        index = {name: label for label, name in enumerate(train_classes)}
-        splits["val"] = (train_classes, [(path, index[val_classes[label]]) for path, label in val_samples])
+        train_label = np.array([train_classes.index(name) for name in val_classes], dtype=np.int32)
+        splits["val"] = (train_classes, replace(val_samples, classes=train_classes,
+                                                labels=train_label[val_samples.labels]))
     return splits
 
 
@@ -163,7 +190,7 @@ class FolderDataset(torch.utils.data.Dataset):
     sample's erase region, applied by the loader after normalization.
     """
 
-    def __init__(self, classes: list[str], samples: list[tuple[str, int]], transform, on_bad_image: str = "fail") -> None:
+    def __init__(self, classes: list[str], samples: SampleIndex, transform, on_bad_image: str = "fail") -> None:
         self.classes, self.samples = classes, samples
         self.transform = transform
         self.on_bad_image = on_bad_image

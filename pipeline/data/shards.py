@@ -19,28 +19,16 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.data.types import DataError
+from pipeline.data.sample_index import SampleIndex, load_or_build, names_blob
+from pipeline.data.types import DataError, ShardMember
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 INFO_FILE = "info.json"
 INDEX_VERSION = "v1.2"
 MAX_OPEN_SHARDS = 768  # below the usual 1,024 descriptors per process, with room for the rest
-
-
-class ShardMember(NamedTuple):
-    """Where one sample's encoded image lies: a byte range of a tar file."""
-
-    tar: str
-    offset: int
-    size: int
-    name: str
-
-    def __str__(self) -> str:  # how error lines name the image
-        return f"{self.tar}:{self.name}"
 
 
 _open: dict[str, int] = {}
@@ -71,8 +59,12 @@ def read_array(ref: str | ShardMember) -> np.ndarray:
     data = np.empty(ref.size, dtype=np.uint8)
     got = os.preadv(_shard_fd(ref.tar), [data], ref.offset)
     if got != ref.size:
-        raise OSError(f"shard ends inside {ref.name} (read {got} of {ref.size} bytes)")
+        raise OSError(truncated(ref, got))
     return data
+
+
+def truncated(ref: ShardMember, got: int) -> str:
+    return f"shard {ref.tar} ends inside {ref.name} (read {got} of {ref.size} bytes)"
 
 
 def read_bytes(ref: str | ShardMember) -> bytes:
@@ -81,7 +73,7 @@ def read_bytes(ref: str | ShardMember) -> bytes:
             return fh.read()
     data = os.pread(_shard_fd(ref.tar), ref.size, ref.offset)
     if len(data) != ref.size:
-        raise OSError(f"shard ends inside {ref.name} (read {len(data)} of {ref.size} bytes)")
+        raise OSError(truncated(ref, len(data)))
     return data
 
 
@@ -202,35 +194,57 @@ def _labels(tar_path: Path, samples, listed: dict | None) -> list[int]:
         cls = [p for p in parts if p[0] == "cls"]
         if not cls:
             raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no .cls member")
-        text = read_bytes(ShardMember(str(tar_path), cls[0][1], cls[0][2], cls[0][3])).strip()
+        try:
+            text = read_bytes(ShardMember(str(tar_path), cls[0][1], cls[0][2], cls[0][3])).strip()
+        except OSError as exc:  # a truncated shard: bad input, named by its file
+            raise DataError(str(exc)) from None
         if not text.isdigit():
             raise DataError(f"shard {tar_path}: {cls[0][3]} holds {text[:20]!r}, not a class index")
         labels.append(int(text))
     return labels
 
 
-def scan_shards(split_dir: Path) -> tuple[list[str], list[tuple[ShardMember, int]]]:
-    """(classes, samples) of a shard split, samples ordered by (label, key)."""
+def scan_shards(split_dir: Path) -> tuple[list[str], SampleIndex]:
+    """(classes, samples) of a shard split, samples ordered by (label, key); mapped from the node's
+    index cache when the tars and info.json are unchanged (`sample_index`)."""
     tars = sorted(split_dir.glob("*.tar"))
     if not tars:
         raise DataError(f"no shards (*.tar) in {split_dir}")
+    info = [split_dir / INFO_FILE] if (split_dir / INFO_FILE).is_file() else []
+    index = load_or_build(split_dir, "shards", [*tars, *info], lambda: build_shard_index(split_dir, tars))
+    return index.classes, index
+
+
+def build_shard_index(split_dir: Path, tars: list[Path]) -> SampleIndex:
     info = read_info(split_dir)
     listed = {entry["name"]: entry for entry in info.get("shards", [])}
-    keyed = []
-    for tar_path in tars:
+    names, keys, labels, shard, offsets, sizes = [], [], [], [], [], []
+    for number, tar_path in enumerate(tars):
         samples = shard_index(tar_path)
-        tar = str(tar_path)  # one string per shard, shared by its samples' references
         for parts, label in zip(samples, _labels(tar_path, samples, listed.get(tar_path.name))):
-            images = [p for p in parts if p[0] in IMAGE_EXTS]
-            if not images:
+            image = next((p for p in parts if p[0] in IMAGE_EXTS), None)
+            if image is None:
                 raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no image "
                                 f"(expected one of .{', .'.join(IMAGE_EXTS)})")
-            _, offset, size, name = images[0]
-            keyed.append((label, sample_key(name)[0], ShardMember(tar, offset, size, name)))
-    keyed.sort(key=lambda item: item[:2])
-    if not keyed:
+            _, offset, size, name = image
+            names.append(name)
+            keys.append(sample_key(name)[0])
+            labels.append(label)
+            shard.append(number)
+            offsets.append(offset)
+            sizes.append(size)
+    if not names:
         raise DataError(f"the shards in {split_dir} hold no samples")
-    classes = info.get("classes") or [str(i) for i in range(keyed[-1][0] + 1)]
-    if keyed[-1][0] >= len(classes):
-        raise DataError(f"{split_dir / INFO_FILE} names {len(classes)} classes but a sample has label {keyed[-1][0]}")
-    return list(classes), [(member, label) for label, _, member in keyed]
+    # By (label, key), stable: the folder layout's order whatever order the tars hold the samples in.
+    order = np.lexsort((np.array(keys), np.array(labels, dtype=np.int64)))
+    labels_sorted = np.array(labels, dtype=np.int32)[order]
+    classes = info.get("classes") or [str(i) for i in range(int(labels_sorted.max()) + 1)]
+    if int(labels_sorted.max()) >= len(classes):
+        raise DataError(f"{split_dir / INFO_FILE} names {len(classes)} classes but a sample has label "
+                        f"{int(labels_sorted.max())}")
+    blob, ends = names_blob([names[i] for i in order])
+    return SampleIndex(list(classes), blob, ends, labels_sorted,
+                       shard_paths=[os.path.abspath(t) for t in tars],
+                       shard=np.array(shard, dtype=np.int32)[order],
+                       offset=np.array(offsets, dtype=np.int64)[order],
+                       size=np.array(sizes, dtype=np.int64)[order])

@@ -7,13 +7,25 @@ the epoch's order and where in it to start (mid-epoch resume).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, NamedTuple, Protocol
 
 import torch
 
 
 class DataError(RuntimeError):
     """A dataset problem the user must fix (missing folder, bad list, unreadable image)."""
+
+
+class ShardMember(NamedTuple):
+    """Where one sample's encoded image lies: a byte range of a tar file (`pipeline.data.shards`)."""
+
+    tar: str
+    offset: int
+    size: int
+    name: str
+
+    def __str__(self) -> str:  # how error lines name the image
+        return f"{self.tar}:{self.name}"
 
 
 class BatchLoader(Protocol):

@@ -12,6 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.data.folder import IMAGE_EXTENSIONS, load_rgb
 from pipeline.data.shards import is_shard_split, scan_shards
 
@@ -36,10 +38,7 @@ def _decode_problem(path: str) -> str:
 def _scan_shard_split(root: Path, report: SplitReport) -> list:
     """Counts per class of a shard split (classes from info.json, else the label numbers)."""
     classes, samples = scan_shards(root)
-    for name in classes:
-        report.counts[name] = 0
-    for _, label in samples:
-        report.counts[classes[label]] += 1
+    report.counts = dict(zip(classes, np.bincount(samples.labels, minlength=len(classes)).tolist()))
     report.empty_classes = [name for name, n in report.counts.items() if n == 0]
     return [ref for ref, _ in samples]
 
@@ -48,7 +47,7 @@ def scan_split(root: Path, workers: int) -> SplitReport:
     report = SplitReport(root.name)
     files: list = _scan_shard_split(root, report) if is_shard_split(root) else []
     for entry in sorted(os.scandir(root) if not files else [], key=lambda e: e.name):
-        if not entry.is_dir():
+        if not entry.is_dir() or entry.name.startswith("."):  # hidden: the sample index cache, notebooks
             continue
         images = []
         for f in os.scandir(entry.path):
