@@ -93,7 +93,18 @@ def make_shards(root: Path, count: int) -> Path:
     return split
 
 
+def old_list(path: Path) -> list[tuple[str, int]]:
+    """The file list as it was read before issue 34 (Python tuples), the baseline of the same run."""
+    samples = []
+    for line in path.read_text().splitlines():
+        name, _, label = line.strip().rpartition(" ")
+        samples.append((str(path.parent / name.strip()), int(label)))
+    return samples
+
+
 def open_index(form: str, source: Path):
+    if form == "old-list":
+        return old_list(source)
     if form == "shards":
         from pipeline.data.shards import scan_shards
 
@@ -116,22 +127,24 @@ def one_start(form: str, source: str) -> dict:
 
     from pipeline.data import folder, sample_index, shards  # noqa: F401
 
-    base = private_mb()
+    base, base_dirty = private_mb(), smaps()["Private_Dirty"] / 1024
     start = time.perf_counter()
     index = open_index(form, Path(source))
     seconds = time.perf_counter() - start
-    added = private_mb() - base
+    added, dirty = private_mb() - base, smaps()["Private_Dirty"] / 1024 - base_dirty
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     worker = ctx.Process(target=_read_all, args=(index, queue))
     worker.start()
     growth = queue.get()
     worker.join()
-    return {"seconds": seconds, "private_mb": added, "bytes_per_sample": added * 2**20 / len(index),
+    return {"seconds": seconds, "private_mb": added, "dirty_mb": dirty, "bytes_per_sample": added * 2**20 / len(index),
             "worker_growth_mb": growth, "built": sample_index.STATS["built"], "samples": len(index)}
 
 
 def _rank(form: str, source: str, workers: int, ready, go, done) -> None:
+    from pipeline.data import folder, shards  # noqa: F401 - every form's tree holds the same modules
+
     index = open_index(form, Path(source))
     pids = []
     for _ in range(workers):
@@ -191,7 +204,7 @@ def train_run(listed: Path, data: Path, run_dir: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--count", type=int, default=1_281_167)
-    p.add_argument("--forms", default="list,folder,shards")
+    p.add_argument("--forms", default="list,old-list,folder,shards")
     p.add_argument("--runs", action="store_true", help="also time `pipeline train` at --count vs 1,000 listed samples")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workdir", default="")
@@ -205,28 +218,47 @@ def main() -> None:
     os.environ["PIPELINE_CACHE_DIR"] = str(work / "small" / "cache")
     baseline = node_pss("list", small)
     print(f"baseline node tree (1,000-sample list, 4 ranks x 2 workers): PSS {baseline:.0f} MB")
-    print("| form | first build s | build private MB | mapped start s | mapped private MB | B/sample | "
-          "worker growth MB | node PSS over baseline MB | 8x8 extrapolated MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # Private = Private_Clean + Private_Dirty. A mapped index's pages are file pages of the page cache:
+    # "private" (clean) while one process maps them, shared as soon as another does (the node PSS).
+    print("| form | first build s | build private MB | start s (mapped, or read) | private MB | of it dirty MB | "
+          "B/sample | worker growth MB (dirty) | node PSS over baseline MB | 8x8 extrapolated MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for form in args.forms.split(","):
+        if form == "old-list":  # the tuples of the code before: no cache, each start reads the list
+            source = work / "list" / "train.txt"
+            starts = [fresh(form, source, work / "unused") for _ in range(args.repeats)]
+            os.environ["PIPELINE_CACHE_DIR"] = str(work / "unused")
+            tree = node_pss(form, source) - baseline
+            dirty = statistics.median(m["dirty_mb"] for m in starts)
+            growth = statistics.median(m["worker_growth_mb"] for m in starts)
+            print(f"| list as Python tuples (before) | - | - | {statistics.median(m['seconds'] for m in starts):.2f} | "
+                  f"{statistics.median(m['private_mb'] for m in starts):.0f} | {dirty:.0f} | "
+                  f"{statistics.median(m['bytes_per_sample'] for m in starts):.0f} | {growth:.0f} | {tree:.0f} | "
+                  f"{8 * dirty + 64 * growth:.0f} |", flush=True)
+            continue
         root = work / form
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
         made = time.perf_counter()
-        source = {"list": make_list, "folder": make_folder, "shards": make_shards}[form](root, args.count)
+        source = {"list": root / "train.txt"}.get(form, root / "train")
+        if not (root / f"made-{args.count}").exists():  # a rerun with --workdir reuses the generated source
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            source = {"list": make_list, "folder": make_folder, "shards": make_shards}[form](root, args.count)
+            (root / f"made-{args.count}").touch()
         made = time.perf_counter() - made
         cache = root / "cache"
+        shutil.rmtree(cache, ignore_errors=True)  # the first start builds
         built = fresh(form, source, cache)
         mapped = [fresh(form, source, cache) for _ in range(args.repeats)]
         assert built["built"] == 1 and all(m["built"] == 0 for m in mapped), (built, mapped)
         os.environ["PIPELINE_CACHE_DIR"] = str(cache)
         tree = node_pss(form, source) - baseline
-        ranks_part = statistics.median(m["private_mb"] for m in mapped)
+        ranks_part = statistics.median(m["dirty_mb"] for m in mapped)
         workers_part = statistics.median(m["worker_growth_mb"] for m in mapped)
-        shared = max(0.0, tree - 4 * ranks_part - 8 * workers_part)
+        shared = max(0.0, tree - 4 * ranks_part - 8 * workers_part)  # the mapped pages, once per node
         extrapolated = shared + 8 * ranks_part + 64 * workers_part
         print(f"| {form} ({made:.0f} s to generate) | {built['seconds']:.2f} | {built['private_mb']:.0f} | "
-              f"{statistics.median(m['seconds'] for m in mapped):.3f} | {ranks_part:.1f} | "
+              f"{statistics.median(m['seconds'] for m in mapped):.3f} | "
+              f"{statistics.median(m['private_mb'] for m in mapped):.1f} | {ranks_part:.1f} | "
               f"{statistics.median(m['bytes_per_sample'] for m in mapped):.1f} | {workers_part:.2f} | {tree:.0f} | "
               f"{extrapolated:.0f} |", flush=True)
     if args.runs:

@@ -14,11 +14,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _note_slow_marker(request):
-    """`make test-fast` (-m "not slow") must stay free of subprocess runs: run_cli checks this."""
-    CURRENT["slow"] = request.node.get_closest_marker("slow") is not None
-    yield
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`make test-fast` (-m "not slow") must stay free of subprocess runs: run_cli checks this. A hook,
+    not a fixture, so that module fixtures which train (set up before any function fixture) see it."""
+    CURRENT["slow"] = item.get_closest_marker("slow") is not None
 
 
 @pytest.fixture(scope="session")

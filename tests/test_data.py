@@ -62,33 +62,8 @@ def test_torchvision_batches(demo_data):
     assert sum(len(lbl) for _, lbl in data.val) == 130
 
 
-def _bad_dataset(root: Path, demo: Path) -> Path:
-    import shutil
-
-    shutil.copytree(demo, root)
-    (root / "train" / "blob" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return root
-
-
-@pytest.mark.slow
-def test_corrupt_image_fails_with_its_name(tmp_path, demo_data):
-    root = _bad_dataset(tmp_path / "bad", demo_data)
-    proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1")
-    assert proc.returncode == 2
-    assert "broken.JPEG" in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-@pytest.mark.slow
-def test_corrupt_image_skip_policy_counts(tmp_path, demo_data):
-    root = _bad_dataset(tmp_path / "bad", demo_data)
-    proc = run_cli("train", *FAST, f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}", "trainer.epochs=1",
-                   "data.on_bad_image=skip")
-    assert proc.returncode == 0, proc.stderr
-    assert "skipping unreadable image" in proc.stderr and "broken.JPEG" in proc.stderr
-    import json
-
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["replaced_images"] == 1
+# Unreadable images under fail and skip, in both backends: tests/test_faults.py
+# (test_bad_data_through_check_and_training).
 
 
 def test_unusual_images_are_converted(tmp_path):
@@ -200,18 +175,6 @@ def test_dali_resume_gives_identical_batches(demo_data):
     tail = list(resumed)
     assert len(tail) == len(whole) - 20 == 5 and whole[0][0].shape[-1] == 32
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[20:], tail))
-
-
-@pytest.mark.slow
-def test_dali_corrupt_file_is_named(tmp_path, demo_data):
-    pytest.importorskip("nvidia.dali")
-    root = _bad_dataset(tmp_path / "bad", demo_data)
-    proc = run_cli("train", *FAST, "data.backend=dali", f"data.path={root}", f"trainer.run_dir={tmp_path / 'run'}",
-                   "trainer.epochs=1")
-    assert proc.returncode == 2 and "cannot read image" in proc.stderr and "broken.JPEG" in proc.stderr
-    proc = run_cli("train", *FAST, "data.backend=dali", f"data.path={root}", f"trainer.run_dir={tmp_path / 'run2'}",
-                   "trainer.epochs=1", "data.on_bad_image=skip")
-    assert proc.returncode == 0 and "skipping unreadable image" in proc.stderr
 
 
 @pytest.mark.slow

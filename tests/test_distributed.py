@@ -81,9 +81,10 @@ def test_two_processes_half_batch_equal_one_process_full_batch(tmp_path, demo_da
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-5, rtol=0, msg=key)
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_validation_counts_every_image_once(tmp_path, demo_data, world):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def one_process_eval(tmp_path_factory, demo_data):
+    """A 1-epoch run and its `pipeline eval` in one process, shared by the world sizes below."""
+    run = tmp_path_factory.mktemp("validation") / "run"
     # fp32: one process and `world` processes batch the images differently, and under bf16 autocast a
     # close call can flip with the batch; this test is about counting each image once.
     base = [*FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "data.val_batch_size=16",
@@ -91,7 +92,12 @@ def test_validation_counts_every_image_once(tmp_path, demo_data, world):
     from tests.helpers import run_cli
 
     run_cli("train", *base, "trainer.epochs=1", check=True)
-    single = json.loads(run_cli("eval", *base, check=True).stdout.strip().splitlines()[-1])
+    return base, json.loads(run_cli("eval", *base, check=True).stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_validation_counts_every_image_once(one_process_eval, world):
+    base, single = one_process_eval
     proc = torchrun(world, "eval", *base)
     assert proc.returncode == 0, proc.stderr[-2000:]
     multi = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -93,8 +93,11 @@ def uninterrupted(tmp_path_factory, demo_data):
 
 
 @pytest.mark.slow
+# Each engine shrinks and grows once: ZeRO-1 and ZeRO-2 re-split the same optimizer state (ZeRO-2's
+# partitioned gradients live within a step), so ZeRO-1 grows 1 -> 2 and ZeRO-2 shrinks 2 -> 1 and
+# re-splits 2 -> 3, the hardest case; ZeRO-2 1 -> 2 was dropped as ZeRO-1's twin (suite time, issue 33).
 @pytest.mark.parametrize("engine,first,second,batch", [("ddp", 2, 1, 16), ("ddp", 1, 2, 16), ("zero2", 2, 1, 16),
-                                                        ("zero2", 1, 2, 16), ("zero2", 2, 3, 8), ("zero1", 1, 2, 16),
+                                                        ("zero2", 2, 3, 8), ("zero1", 1, 2, 16),
                                                         ("zero0", 2, 1, 16), ("ddp", 2, 3, 8)])
 def test_run_resumed_at_another_world_size_follows_the_uninterrupted_run(tmp_path, demo_data, uninterrupted, engine,
                                                                          first, second, batch):

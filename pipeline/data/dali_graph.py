@@ -94,8 +94,7 @@ def file_source(source, dtypes: list, parallel: bool):
                               **({"parallel": True, "batch_info": True} if parallel else {}))
 
 
-@pipeline_def(enable_conditionals=True)  # data.auto_augment's per-sample op choice and probabilities
-def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
+def train_graph(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
                    size: int, parallel: bool = False):
     """Random-resized crop decoded from the crop region only, resize, flip, normalize; the windows
     and flips come from the source with the bytes, so the graph itself draws no random numbers.
@@ -121,6 +120,18 @@ def train_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, 
         anchor, extent = extra[-2:]
         images = fn.erase(images, device=op_device, anchor=anchor, shape=extent, axis_names="HW", fill_value=0.0)
     return images, labels, replaced
+
+
+# data.auto_augment's per-sample op choice and probabilities need DALI's conditionals, whose
+# autograph conversion costs ~2.3 s at a process's first build on CPU (0.1 s without): only
+# the policy graph pays for them.
+_plain_train_pipeline = pipeline_def(train_graph)
+_policy_train_pipeline = pipeline_def(enable_conditionals=True)(train_graph)
+
+
+def train_pipeline(cfg: DataConfig, **kwargs):
+    build = _policy_train_pipeline if policy_kind(cfg.auto_augment) != "none" else _plain_train_pipeline
+    return build(cfg=cfg, **kwargs)
 
 
 @pipeline_def
