@@ -30,6 +30,7 @@ from pipeline.data.encoded import EncodedBatches
 from pipeline.data.folder import load_rgb, split_samples
 from pipeline.data.planned import PlannedLoader
 from pipeline.data.resolution import train_size, val_size
+from pipeline.data.sample_index import SampleIndex
 from pipeline.data.sampler import ShardPlan
 from pipeline.data.torch_resize import TorchResize
 from pipeline.data.types import DataBundle, DataError, Placement
@@ -53,7 +54,7 @@ class DaliLoader(PlannedLoader):
 
     backend = "dali"
 
-    def __init__(self, split: tuple[list[str], list[tuple[str, int]]], cfg: DataConfig, placement: Placement,
+    def __init__(self, split: tuple[list[str], SampleIndex], cfg: DataConfig, placement: Placement,
                  batch_size: int, seed: int, train: bool) -> None:
         self.classes, self.samples = split
         super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed,

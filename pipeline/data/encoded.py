@@ -17,6 +17,7 @@ from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data.autoaugment import erase_region
 from pipeline.data.policy_draws import draw_policy
+from pipeline.data.sample_index import SampleIndex
 from pipeline.data.shards import read_array
 from pipeline.data.types import DataError
 
@@ -34,7 +35,7 @@ class EncodedBatches:
     default), or with a BatchInfo in the parallel external-source workers (`data.dali_feed_workers`).
     Either way it serves the batch of that iteration and holds no state a worker would have to share."""
 
-    samples: list[tuple[str, int]]
+    samples: SampleIndex  # (ref, label) per sample, materialised only when read
     batches: list[list[tuple[int, int]]]
     cfg: DataConfig
     train: bool
