@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from pipeline.data.types import DataError, ShardMember
+from pipeline.data.types import ShardMember
 
 FORMAT = 1  # bump when the arrays' meaning changes: older caches then no longer match their key
 ARRAYS = ("names", "ends", "labels", "shard", "offset", "size")  # the last three for shard splits only
@@ -79,10 +79,6 @@ class SampleIndex:
     def label_set(self) -> set[int]:
         return set(np.unique(self.labels).tolist())
 
-    def with_labels(self, labels: np.ndarray) -> SampleIndex:
-        """The same samples under other labels (a val subset renumbered to train's classes)."""
-        return SampleIndex(**{**vars(self), "labels": np.asarray(labels, dtype=np.int32)})
-
     def __getstate__(self) -> dict:
         # A spawned worker gets the cache folder and maps it, not a pickled copy of every array.
         state = dict(vars(self))
@@ -93,10 +89,9 @@ class SampleIndex:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        if state["cache"] and any(state[key] is None for key in ARRAYS[:3]):
+        if missing := [key for key in ARRAYS if state["cache"] and state[key] is None]:
             mapped = _map(Path(state["cache"]))
-            state = {key: mapped[key] if state[key] is None and key in mapped else value
-                     for key, value in state.items()}
+            state.update({key: mapped.get(key) for key in missing})
         vars(self).update(state)
 
 
@@ -121,11 +116,15 @@ def source_key(files: list[Path]) -> str:
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:20]
 
 
+def cache_dir() -> Path:
+    """The user cache: `PIPELINE_CACHE_DIR`, default ~/.cache/resnet-pipeline (also the shard indexes')."""
+    return Path(os.environ.get("PIPELINE_CACHE_DIR") or Path.home() / ".cache" / "resnet-pipeline")
+
+
 def cache_base(source: Path) -> list[Path]:
-    """Candidate cache folders for a source, best first."""
-    if env := os.environ.get("PIPELINE_CACHE_DIR"):
-        return [Path(env) / "sample-index"]
-    return [source.resolve().parent / BESIDE_DATA, Path.home() / ".cache" / "resnet-pipeline" / "sample-index"]
+    """Candidate cache folders for a source, best first: a set PIPELINE_CACHE_DIR is the only one."""
+    beside = [] if os.environ.get("PIPELINE_CACHE_DIR") else [source.resolve().parent / BESIDE_DATA]
+    return [*beside, cache_dir() / "sample-index"]
 
 
 def load_or_build(source: Path, kind: str, key_files: list[Path], build: Callable[[], SampleIndex]) -> SampleIndex:
@@ -239,8 +238,3 @@ def _try_map(folder: Path) -> SampleIndex | None:
     STATS["mapped"] += 1
     return SampleIndex(**mapped, cache=str(folder))
 
-
-def require_samples(index: SampleIndex, where: str) -> SampleIndex:
-    if not len(index):
-        raise DataError(f"{where} lists no images")
-    return index

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.sample_index import SampleIndex, load_or_build, names_blob
+from pipeline.data.sample_index import SampleIndex, cache_dir, load_or_build, names_blob
 from pipeline.data.types import DataError, ShardMember
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -123,10 +123,6 @@ def parse_index(text: str, where: Path) -> list[list[tuple[str, int, int, str]]]
     if len(samples) != int(head[1]):
         raise DataError(f"index {where} lists {len(samples)} samples, its header says {head[1]}")
     return samples
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PIPELINE_CACHE_DIR") or Path.home() / ".cache" / "resnet-pipeline")
 
 
 def _cached_name(tar_path: Path, suffix: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.folder import IMAGE_EXTENSIONS, load_rgb
+from pipeline.data.folder import IMAGE_EXTENSIONS, class_folders, load_rgb
 from pipeline.data.shards import is_shard_split, scan_shards
 
 
@@ -46,18 +46,16 @@ def _scan_shard_split(root: Path, report: SplitReport) -> list:
 def scan_split(root: Path, workers: int) -> SplitReport:
     report = SplitReport(root.name)
     files: list = _scan_shard_split(root, report) if is_shard_split(root) else []
-    for entry in sorted(os.scandir(root) if not files else [], key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):  # hidden: the sample index cache, notebooks
-            continue
+    for name in class_folders(root) if not files else []:  # the training's class folders (hidden ones are not)
         images = []
-        for f in os.scandir(entry.path):
+        for f in os.scandir(root / name):
             if f.is_file() and f.name.lower().endswith(IMAGE_EXTENSIONS):
                 images.append(f.path)
             elif f.is_file():
                 report.other_files += 1
-        report.counts[entry.name] = len(images)
+        report.counts[name] = len(images)
         if not images:
-            report.empty_classes.append(entry.name)
+            report.empty_classes.append(name)
         files += images
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         for path, problem in zip(files, pool.map(_decode_problem, files, chunksize=64)):
