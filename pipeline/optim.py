@@ -60,6 +60,7 @@ class LRSchedule:
                  warmup_epochs: float | None = None) -> None:
         """warmup_epochs: the resolved warmup (`warmup_epochs_for`); None takes the config's as set."""
         self.optimizer = optimizer
+        self.factor = 1.0  # trainer.elastic=rescale: the peak LR relative to the recipe's
         warmup_epochs = cfg.warmup_epochs if warmup_epochs is None else warmup_epochs
         self.warmup_steps = int(warmup_epochs * steps_per_epoch) + cfg.warmup_steps
         self.total_steps = max(1, epochs * steps_per_epoch)
@@ -90,12 +91,16 @@ class LRSchedule:
         else:
             self.inner = StepLRScheduler(optimizer, decay_t=self.total_steps * 10, decay_rate=1.0, **common)
 
-    def set_step(self, step: int) -> None:
-        """Set the LR used by optimizer step `step` (0-based)."""
+    def set_step(self, step: float) -> None:
+        """Set the LR used by optimizer step `step` (0-based; fractional after a rescale, whose
+        position is samples seen / the schedule's global batch), times `factor` (the rescale's)."""
         self.inner.step_update(num_updates=step)
         if self.constant_warmup and step < self.warmup_steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.warmup_lr
+        if self.factor != 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.factor
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

@@ -10,6 +10,8 @@
 #   NPROC_PER_NODE (default: GPUs allocated on the node, 1 without GPUs), DATA_PATH, RUN_DIR,
 #   WANDB_MODE (online|offline|disabled|auto), WANDB_PROJECT, WANDB_GROUP, MASTER_PORT,
 #   MAX_RESTARTS (default 3: requeues after a failed training step, counted in the run directory),
+#   PLAN_NODES (the largest node count the job may get: plan the global batch for it; read from the
+#   job's --nodes=MIN-MAX where Slurm tells it, see node_range below),
 #   NCCL_* (passed through), DRY_RUN=1 (print the commands, run nothing).
 # Arguments after the script name are `pipeline train` overrides (key=value).
 
@@ -47,28 +49,61 @@ overrides+=("logging.wandb.mode=${WANDB_MODE:-auto}")
 [ -n "${WANDB_PROJECT:-}" ] && overrides+=("logging.wandb.project=$WANDB_PROJECT")
 overrides+=("logging.wandb.group=${WANDB_GROUP:-${job_name}-${job_id}}")
 
+# Outside an allocation (DRY_RUN=1 on a login node) the job would get what its #SBATCH lines ask for.
+if [ "${DRY_RUN:-0}" = 1 ] && [ -z "${SLURM_JOB_ID:-}" ]; then
+  sbatch_value() { grep -m 1 -E "^#SBATCH --$1=" "$JOB_SCRIPT" | sed -E "s/^#SBATCH --$1=//" || true; }
+  nodes="$(sbatch_value nodes)"; nodes="${nodes:-1}"; nodes="${nodes##*-}"  # MIN-MAX: shown at MAX
+  requested_gpus="$(sbatch_value gpus-per-node)"
+  nproc_per_node="${NPROC_PER_NODE:-${requested_gpus:-1}}"
+fi
+
+# A job that may get any node count in a range (sbatch --nodes=MIN-MAX) plans its global batch for
+# MAX nodes (trainer.plan_world_size), so a requeue onto more or fewer nodes goes on with the same
+# recipe through another accumulation (pipeline/training/elastic.py). Slurm reports a running job's
+# allocated count only (scontrol's NumNodes, squeue's MaxNodes), so the range is read from, in order:
+# PLAN_NODES (MAX); the accounting record's submit line (sacct SubmitLine, where slurmdbd runs: a
+# range given on the sbatch command line); the submitted script's own #SBATCH --nodes line, used
+# only when the allocation lies inside it (a count given on the command line overrides that line).
+nodes_flag() { grep -oE -- '(--nodes[= ]|-N ?)[0-9]+(-[0-9]+)?' | tail -n 1 | grep -oE '[0-9]+(-[0-9]+)?$' || true; }
+node_range() {  # $1: the job's script; prints MIN-MAX, or nothing for a fixed count
+  local found="" low high
+  if [ -n "${PLAN_NODES:-}" ]; then echo "1-$PLAN_NODES"; return; fi
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    found="$(sacct -n -X -j "$SLURM_JOB_ID" -o SubmitLine%4000 2>/dev/null | head -n 1 | nodes_flag)"
+  fi
+  if [ -z "$found" ]; then
+    found="$(grep -E '^#SBATCH +(--nodes|-N)' "$1" 2>/dev/null | nodes_flag)"
+    low="${found%%-*}" high="${found##*-}"
+    if [ -n "${SLURM_JOB_ID:-}" ] && [ -n "$found" ] && { [ "$nodes" -lt "$low" ] || [ "$nodes" -gt "$high" ]; }; then
+      found=""  # the command line asked for another count
+    fi
+  fi
+  case "$found" in *-*) echo "$found" ;; esac
+}
+# In a batch job $0 is the submitted copy of the script (slurmd's spool); outside one, the script itself.
+submitted_script="$JOB_SCRIPT"; [ -n "${SLURM_JOB_ID:-}" ] && submitted_script="$0"
+node_range="$(node_range "$submitted_script")"
+plan_note=""
+if [ -n "$node_range" ]; then
+  overrides+=("trainer.plan_world_size=$(( ${node_range##*-} * nproc_per_node ))")
+  plan_note=", node range $node_range: global batch planned for ${node_range##*-} node(s)"
+fi
+
 train_cmd=(srun --ntasks-per-node="$nproc_per_node" --kill-on-bad-exit=1 --export=ALL
            "$python_bin" -m pipeline train --config "$JOB_CONFIG" "${overrides[@]}" "$@")
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  if [ -z "${SLURM_JOB_ID:-}" ]; then
-    # Outside an allocation: the job would get what its #SBATCH lines ask for.
-    sbatch_value() { grep -m 1 -E "^#SBATCH --$1=" "$JOB_SCRIPT" | sed -E "s/^#SBATCH --$1=//" || true; }
-    nodes="$(sbatch_value nodes)"; nodes="${nodes:-1}"; nodes="${nodes##*-}"  # MIN-MAX: plan at MAX
-    requested_gpus="$(sbatch_value gpus-per-node)"
-    nproc_per_node="${NPROC_PER_NODE:-${requested_gpus:-1}}"
-    train_cmd[1]="--ntasks-per-node=$nproc_per_node"
-  fi
   echo "sbatch $(grep '^#SBATCH' "$JOB_SCRIPT" | sed 's/^#SBATCH //' | tr '\n' ' ')$JOB_SCRIPT $*"
-  echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT nodes=$nodes tasks/node=$nproc_per_node"
+  echo "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT nodes=$nodes tasks/node=$nproc_per_node$plan_note"
   echo "${train_cmd[*]}"
-  # The recipe at this launch size: global batch, LR, warmup, decay points, steps, time estimate.
-  "$python_bin" -m pipeline plan --config "$JOB_CONFIG" --nodes "$nodes" --gpus-per-node "$nproc_per_node" \
-    "${overrides[@]}" "$@"
+  # The recipe at this launch size (each size of a node range): global batch, LR, warmup, decay
+  # points, steps, time estimate.
+  "$python_bin" -m pipeline plan --config "$JOB_CONFIG" --nodes "${node_range:-$nodes}" \
+    --gpus-per-node "$nproc_per_node" "${overrides[@]}" "$@"
   exit 0
 fi
 
-echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per_node task(s), master $MASTER_ADDR:$MASTER_PORT"
+echo "job $job_id restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $nproc_per_node task(s), master $MASTER_ADDR:$MASTER_PORT$plan_note"
 
 # Restart budget, as torchrun's --max-restarts: a training step that fails (a rank crashed or was
 # killed, a node lost) is requeued and resumes from the newest checkpoint, up to MAX_RESTARTS times.

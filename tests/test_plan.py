@@ -101,3 +101,30 @@ def test_slurm_dry_run_prints_the_same_plan_as_pipeline_plan():
     printed = json.loads(plan[-1])
     assert (printed["world_size"], printed["global_batch"], printed["lr"], printed["warmup_epochs"]) == (16, 512, 0.2, 5.0)
     assert "512 is inside" in printed["expected"]
+
+
+def test_a_node_range_is_planned_for_its_largest_size(capsys):
+    """`pipeline plan --nodes 1-4` (issue 35): the global batch planned for 4 x 8 ranks, the
+    accumulation at each size of the range, and 3 nodes (24 ranks, not a divisor of 32) refused
+    unless the run may rescale."""
+    from pipeline.cli import main
+
+    args = ["plan", "--config", "configs/imagenet/resnet50.yaml", "--gpus-per-node", "8", "--nodes", "1-4"]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:5] == [
+        "node range 1-4 x 8 GPU(s): global batch 1024 planned for 32 processes (trainer.plan_world_size)",
+        "    1 node(s), world    8: accumulation 4, global batch 1024",
+        "    2 node(s), world   16: accumulation 2, global batch 1024",
+        "    3 node(s), world   24: refused: no whole accumulation (set trainer.elastic=rescale, or a plan size that it "
+        "divides)",
+        "    4 node(s), world   32: accumulation 1, global batch 1024"]
+    plan = json.loads(lines[-1])
+    assert (plan["world_size"], plan["accumulation"], plan["global_batch"], plan["lr"]) == (32, 1, 1024, 0.4)
+    assert main([*args, "trainer.elastic=rescale"]) == 0
+    assert ("3 node(s), world   24: outside the plan: trainer.elastic=rescale re-plans the global batch to 768 "
+            "(linear LR rule)") in capsys.readouterr().out
+    # one node of the range, with the plan size given: the accumulation that keeps the planned batch
+    assert main([*args[:-1], "1", "trainer.plan_world_size=32"]) == 0
+    plan = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (plan["world_size"], plan["accumulation"], plan["global_batch"]) == (8, 4, 1024)

@@ -175,7 +175,7 @@ def test_a_dead_worker_is_named_when_its_error_lands_inside_a_checkpoint_write()
 
     from pipeline.data.planned import TorchLoader
     from pipeline.training.state import TrainState
-    from pipeline.training.trainer import _naming_the_step_of_a_dead_loader_worker
+    from pipeline.training.guards import naming_the_step_of_a_dead_loader_worker
 
     dead = types.SimpleNamespace(is_alive=lambda: False, exitcode=-9, pid=4242)
     loader = TorchLoader.__new__(TorchLoader)
@@ -185,10 +185,10 @@ def test_a_dead_worker_is_named_when_its_error_lands_inside_a_checkpoint_write()
     state.global_step = 17
     with pytest.raises(RuntimeError, match=r"data loader worker died at step 17: DataLoader worker \(pid 4242\) .*"
                                            r"\(\[enforce fail at inline_container.cc:672\] . unexpected pos"):
-        with _naming_the_step_of_a_dead_loader_worker(state, loader):
+        with naming_the_step_of_a_dead_loader_worker(state, loader):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 528064 vs 527960")
     alive = TorchLoader.__new__(TorchLoader)
     alive._loader = None
     with pytest.raises(RuntimeError, match="^something else$"):
-        with _naming_the_step_of_a_dead_loader_worker(state, alive):
+        with naming_the_step_of_a_dead_loader_worker(state, alive):
             raise RuntimeError("something else")

@@ -173,6 +173,7 @@ _CHOICES = {
     "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "trainer.on_checkpoint_error": ("continue", "stop"),
+    "trainer.elastic": ("keep", "rescale"),
     "distributed.backend": ("auto", "nccl", "gloo"),
     "logging.progress": ("auto", "bar", "lines", "none"),
     "logging.wandb.mode": ("online", "offline", "disabled", "auto"),

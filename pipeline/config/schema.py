@@ -172,6 +172,13 @@ class TrainerConfig:
     run_dir: str = "runs/default"  # where config, metrics, checkpoints, summary and W&B files go
     resume: str = "auto"  # auto (newest valid checkpoint in run_dir) | never | <path>
     seed: int = 0  # one seed for weights, data order and augmentation (per sample, so resume is exact)
+    # The world size the global batch is planned for (0: the first start's). A start at any world
+    # that divides it runs the same global batch with a larger accumulation (pipeline/training/elastic.py);
+    # slurm/*.sh sets it to MAX x GPUs per node under `--nodes=MIN-MAX`.
+    plan_world_size: int = 0
+    # A resume that no whole accumulation can keep the global batch at: "keep" refuses it (exit 2),
+    # "rescale" re-plans the global batch for the new world (linear LR rule, schedule kept in samples).
+    elastic: str = "keep"  # keep | rescale
     threads: int = 0  # torch intra-op threads per process; 0 = cores / local processes
     log_every: int = 10  # steps between host syncs for metrics
     eval_every: int = 1  # epochs between validations (the last epoch always validates)

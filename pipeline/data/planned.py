@@ -25,6 +25,12 @@ class PlannedLoader:
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch()
 
+    def steps_in(self, epoch: int) -> int:
+        return self.plan.steps_in(epoch)
+
+    def continue_epoch(self, epoch: int, stream_batch: int, offset: int) -> None:
+        self.plan.partial = (epoch, stream_batch, offset)
+
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         self._epoch, self._start = epoch, start_step
 
@@ -53,7 +59,7 @@ class TorchLoader(PlannedLoader):
     # The DataLoader iterates this object as its batch sampler, in the main process, so one
     # DataLoader with persistent workers serves every epoch and resume position.
     def __len__(self) -> int:
-        return self.plan.steps_per_epoch() - self._start
+        return self.plan.steps_in(self._epoch) - self._start
 
     def _batch_sampler_iter(self):
         batches = self.plan.batches(self._epoch, self._start)

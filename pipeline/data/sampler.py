@@ -50,6 +50,11 @@ class ShardPlan:
     drop_last: bool = False  # train: drop the incomplete global batch instead of wrapping around
     accumulation: int = 1  # train: micro-batches per optimizer step (optim.accumulation)
     repeats: int = 1  # train: repeated augmentation, copies of each chosen sample in an epoch
+    # A rescaled resume (trainer.elastic=rescale, pipeline/training/elastic.py): epoch `partial[0]`
+    # goes on from position `partial[2]` of the stream it was drawn as at global batch `partial[1]`,
+    # dealt in this plan's global batches. The samples not yet used are used once, in the same order
+    # and with the same augmentation seeds; only the last step's padding is drawn anew.
+    partial: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -57,18 +62,28 @@ class ShardPlan:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.batch_size * self.accumulation
+
     def steps_per_epoch(self) -> int:
+        """Micro-batches of a whole epoch on this rank."""
         if not self.train:
             return -(-len(range(self.rank, self.num_samples, self.world_size)) // self.batch_size)
-        global_batch = self.world_size * self.batch_size * self.accumulation
-        steps = max(1, self.num_samples // global_batch) if self.drop_last else -(-self.num_samples // global_batch)
-        return steps * self.accumulation  # micro-batches
+        return epoch_steps(self.num_samples, self.global_batch, self.drop_last) * self.accumulation
 
-    def _order(self, epoch: int) -> tuple[list[int], list[int]]:
-        """The epoch's global order of (sample, copy number), padded to whole global batches."""
+    def steps_in(self, epoch: int) -> int:
+        """Micro-batches of `epoch` on this rank: a whole epoch's, or what a rescaled resume left of it."""
+        if not self.train or self.partial is None or epoch != self.partial[0]:
+            return self.steps_per_epoch()
+        left = len(self._rest_of_stream(epoch)[0])
+        return (left // self.global_batch if self.drop_last else -(-left // self.global_batch)) * self.accumulation
+
+    def _order(self, epoch: int, global_batch: int) -> tuple[list[int], list[int]]:
+        """The epoch's global order of (sample, copy number) at `global_batch`, padded to whole global batches."""
         gen = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
         order = torch.randperm(self.num_samples, generator=gen).tolist()
-        total = self.steps_per_epoch() * self.world_size * self.batch_size
+        total = epoch_steps(self.num_samples, global_batch, self.drop_last) * global_batch
         chosen = -(-total // self.repeats)
         while len(order) < chosen:  # wrap (like DistributedSampler's padding) so all ranks step equally
             order += order[: chosen - len(order)]
@@ -77,10 +92,27 @@ class ShardPlan:
         copies = list(range(self.repeats)) * chosen
         return [i for i in order[:chosen] for _ in range(self.repeats)][:total], copies[:total]
 
+    def _rest_of_stream(self, epoch: int) -> tuple[list[int], list[int]]:
+        """A rescaled epoch's unused part of its stream: the positions from the offset up to the
+        samples' end (the old padding is not carried over)."""
+        _, stream_batch, offset = self.partial
+        order, copies = self._order(epoch, stream_batch)
+        end = min(len(order), self.num_samples)
+        return order[offset:end], copies[offset:end]
+
+    def _epoch_stream(self, epoch: int) -> tuple[list[int], list[int]]:
+        if self.partial is None or epoch != self.partial[0]:
+            return self._order(epoch, self.global_batch)
+        order, copies = self._rest_of_stream(epoch)
+        total = self.steps_in(epoch) // self.accumulation * self.global_batch
+        while order and len(order) < total:  # pad the last step from the start of what is left
+            order, copies = order + order[: total - len(order)], copies + copies[: total - len(order)]
+        return order[:total], copies[:total]
+
     def _positions(self, epoch: int) -> tuple[list[int], list[int]]:
         if not self.train:
             return list(range(self.rank, self.num_samples, self.world_size)), []
-        order, copies = self._order(epoch)
+        order, copies = self._epoch_stream(epoch)
         return order[self.rank :: self.world_size], copies[self.rank :: self.world_size]
 
     def indices(self, epoch: int) -> list[int]:
@@ -91,7 +123,12 @@ class ShardPlan:
         idx, copies = self._positions(epoch)
         copies = copies or [0] * len(idx)
         out = []
-        for step in range(start_step, self.steps_per_epoch()):
+        for step in range(start_step, self.steps_in(epoch)):
             span = slice(step * self.batch_size, (step + 1) * self.batch_size)
             out.append([(i, sample_seed(self.seed, epoch, i, c)) for i, c in zip(idx[span], copies[span])])
         return out
+
+
+def epoch_steps(num_samples: int, global_batch: int, drop_last: bool) -> int:
+    """Optimizer steps in a whole training epoch at `global_batch`."""
+    return max(1, num_samples // global_batch) if drop_last else -(-num_samples // global_batch)

@@ -33,7 +33,12 @@ class BatchLoader(Protocol):
     backend: str
     replaced_images: int  # unreadable files swapped out under data.on_bad_image=skip
 
-    def steps_per_epoch(self) -> int: ...
+    def steps_per_epoch(self) -> int: ...  # micro-batches of a whole epoch on this rank
+
+    def steps_in(self, epoch: int) -> int: ...  # of `epoch`: less when a rescaled resume goes on inside it
+
+    # trainer.elastic=rescale: `epoch` goes on from position `offset` of its stream drawn at `stream_batch`
+    def continue_epoch(self, epoch: int, stream_batch: int, offset: int) -> None: ...
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None: ...
 

@@ -2,6 +2,10 @@
 
   pipeline plan --config configs/imagenet/resnet152.yaml --nodes 2 --gpus-per-node 8 [key=value ...]
   pipeline plan -c configs/imagenet/resnet50_fast_16ep.yaml --gpus-per-node 8 --interconnect-gbps 1600
+  pipeline plan -c configs/imagenet/resnet50.yaml --nodes 1-4 --gpus-per-node 8   # a job that may grow
+
+With a node range (Slurm's --nodes=MIN-MAX) the global batch is planned for MAX nodes
+(trainer.plan_world_size, as slurm/*.sh set it), and a table shows the accumulation at each size.
 
 Prints the plan (pipeline/training/plan.py), the predicted scaling over 1, 2, 4 ... nodes
 (pipeline/training/scaling.py: its assumptions are stated there) and, last, the plan as one JSON line.
@@ -9,6 +13,7 @@ Prints the plan (pipeline/training/plan.py), the predicted scaling over 1, 2, 4 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from pipeline.config import ConfigError, RootConfig, load_config
@@ -19,7 +24,7 @@ from pipeline.training.plan import RECORDED_IMG_PER_SEC, format_plan, make_plan,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file")
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", default="1", help="N, or MIN-MAX for a job that may get any count in the range")
     p.add_argument("--gpus-per-node", type=int, default=1, help="processes per node (one per GPU)")
     p.add_argument("--resume", metavar="RUN_DIR", default="",
                    help="a run to go on at this size: what its resume will do (accumulation, position), or why it "
@@ -38,20 +43,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
-    if args.nodes < 1 or args.gpus_per_node < 1:
-        raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {args.nodes} and {args.gpus_per_node}")
+    low, args.nodes = _node_range(args.nodes)
+    if low < 1 or args.gpus_per_node < 1:
+        raise ValueError(f"--nodes and --gpus-per-node must be >= 1, got {low}-{args.nodes} and {args.gpus_per_node}")
     world, recorded = args.nodes * args.gpus_per_node, None
+    from pipeline.training import elastic
+
+    if low < args.nodes:  # a range: planned for its largest size unless the config says otherwise
+        if cfg.trainer.plan_world_size <= 0:
+            cfg = dataclasses.replace(cfg, trainer=dataclasses.replace(cfg.trainer, plan_world_size=world))
+        print("\n".join(_range_table(cfg, low, args.nodes, args.gpus_per_node)))
+    unplanned = cfg
+    cfg, _ = elastic.planned(cfg, world)  # a size outside the plan is refused here: one line, exit 2
     if args.resume:
         from pathlib import Path
-
-        from pipeline.training import elastic
 
         recorded = elastic.recorded_layout(Path(args.resume), cfg.trainer.engine)
         if recorded is None:
             print(f"resume: no checkpoint with a recorded launch layout in {args.resume}: the run starts from step 0")
         else:
-            cfg, line = elastic.adapt(cfg, world, recorded)  # a refusal is a ConfigError: one line, exit 2
-            print(line.replace("resumed", "resumes") if line else
+            cfg, line, _ = elastic.resolve(unplanned, world, recorded)  # a refusal: one line, exit 2
+            print(line.replace("resumed", "resumes").replace("rescaled", "rescales") if line else
                   f"resumes at the same world {world} from step {recorded.get('global_step', 0)}")
     if min(args.interconnect_gbps, args.nvlink_gbps) <= 0 or not 0 <= args.overlap <= 1 or args.img_per_sec < 0:
         raise ConfigError(f"--interconnect-gbps {args.interconnect_gbps:g} and --nvlink-gbps {args.nvlink_gbps:g} must "
@@ -77,6 +89,34 @@ def main(args: argparse.Namespace) -> int:
     print("\n".join(_format_scaling(table, args)))
     print(json.dumps({"config": args.config, "model": cfg.model.name, **plan}))
     return 0
+
+
+def _node_range(text: str) -> tuple[int, int]:
+    """--nodes N or MIN-MAX -> (MIN, MAX)."""
+    low, _, high = str(text).partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise ConfigError(f"--nodes {text}: expected a node count N or a range MIN-MAX") from None
+
+
+def _range_table(cfg: RootConfig, low: int, high: int, gpus_per_node: int) -> list[str]:
+    """The accumulation at each size of a node range, for the plan's global batch."""
+    plan, batch = cfg.trainer.plan_world_size, cfg.data.batch_size
+    global_batch = plan * batch * cfg.optim.accumulation
+    lines = [f"node range {low}-{high} x {gpus_per_node} GPU(s): global batch {global_batch} planned for {plan} "
+             "processes (trainer.plan_world_size)"]
+    for nodes in range(low, high + 1):
+        world = nodes * gpus_per_node
+        if global_batch % (batch * world) == 0:
+            what = f"accumulation {global_batch // (batch * world)}, global batch {global_batch}"
+        elif cfg.trainer.elastic == "rescale":
+            what = (f"outside the plan: trainer.elastic=rescale re-plans the global batch to "
+                    f"{batch * world * cfg.optim.accumulation} (linear LR rule)")
+        else:
+            what = "refused: no whole accumulation (set trainer.elastic=rescale, or a plan size that it divides)"
+        lines.append(f"  {nodes:3d} node(s), world {world:4d}: {what}")
+    return lines
 
 
 def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, str] | None,

@@ -99,8 +99,8 @@ class WandbTracker:
 
     def finish(self, summary: dict, checkpoint: Path | None, interrupted: bool) -> None:
         for key in ("best/val/top1", "final/val/top1", "train/img_per_sec", "train/data_wait", "device_hours",
-                    "wall_seconds", "global_batch", "peak_lr", "warmup_epochs"):
-            if summary.get(key) is not None:
+                    "wall_seconds", "global_batch", "peak_lr", "warmup_epochs", "rescales"):
+            if summary.get(key) not in (None, []):
                 self.run.summary[key] = summary[key]
         if self.cfg.logging.wandb.log_checkpoints and checkpoint is not None and checkpoint.exists():
             import wandb

@@ -43,17 +43,20 @@ def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]
     rt = agree_on_numerics(rt)
     start = time.time()
     try:
-        # A checkpoint from another world size: the same global batch through another accumulation.
+        # The planned global batch at this world size (trainer.plan_world_size); a checkpoint from
+        # another world size: the same global batch through another accumulation, or a rescale.
         recorded = elastic.recorded_layout(run_dir, rt.engine_kind) if cfg.trainer.resume == "auto" else None
-        cfg, resized = elastic.adapt(cfg, world.world_size, recorded)
-        trainer = Trainer(cfg, rt)
+        cfg, resized, continuation = elastic.resolve(cfg, world.world_size, recorded)
+        trainer = Trainer(cfg, rt, continuation)
         trainer.resume()
-        if resized:
-            trainer.log_line(resized)
+        rescale_row = _rescale_record(trainer, continuation) if continuation.rescaled_from else {}
+        trainer.log_line(resized + rescale_row.pop("detail", ""))
         env = environment_facts(rt, trainer.data.backend)
         # The recipe at this launch size, as `pipeline plan` prints it (also in the W&B config).
         env["plan"] = make_plan(cfg, world.world_size, trainer.data.train.num_samples, "the run's data")
         tracker = _start_tracking(cfg, run_dir, trainer, env) if rt.is_main else None
+        if rescale_row:  # after the tracker joined the sinks: the W&B run gets the row too
+            trainer.metrics.log(rescale_row)
         if rt.is_main:
             (run_dir / "environment.json").write_text(json.dumps(env, indent=2))
             trainer.log_line(_start_line(cfg, rt, trainer, env["device"], tracker))
@@ -70,7 +73,7 @@ def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]
                         "device_hours": round(summary["train_seconds"] * world.world_size / 3600, 4),
                         "global_batch": env["plan"]["global_batch"], "peak_lr": env["plan"]["lr"],
                         "warmup_epochs": env["plan"]["warmup_epochs"],
-                        "wandb_run_id": trainer.state.wandb_run_id or None})
+                        "wandb_run_id": trainer.state.wandb_run_id or None, "rescales": trainer.state.rescales})
         interrupted = summary["status"] == "interrupted"
         if rt.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -108,6 +111,21 @@ def _prepare_run_dir(run_dir: Path, cfg: RootConfig) -> RunLock:
         raise ConfigError(f"trainer.run_dir {run_dir} cannot be written ({exc.strerror or exc}); "
                           "set trainer.run_dir to a writable folder") from None
     return lock
+
+
+def _rescale_record(trainer: Trainer, continuation: elastic.Continuation) -> dict:
+    """A rescale: the metrics row that records it (W&B too), with the rest of its line ("detail");
+    its one-line history entry goes into the checkpoint's progress (the summary, the model card)."""
+    s, pos = trainer.state, trainer.position
+    left_in_epoch = pos.steps_in(s.epoch)
+    detail = (f"; {left_in_epoch} steps of {pos.global_batch} left in epoch {s.epoch + 1} (its unused samples, each "
+              f"once), then {pos.steps_per_epoch} per epoch: {trainer.total_steps - s.global_step} steps to go, "
+              f"{trainer.total_steps} in all")
+    s.rescales.append(f"step {s.global_step}: global batch {continuation.rescaled_from} -> {pos.global_batch}, "
+                      f"peak LR x{continuation.lr_factor:.4g} of the recipe's ({continuation.lr_rule})")
+    return {"step": s.global_step, "elastic/global_batch": pos.global_batch,
+            "elastic/previous_global_batch": continuation.rescaled_from, "elastic/lr_factor": continuation.lr_factor,
+            "elastic/total_steps": trainer.total_steps, "detail": detail}
 
 
 def _start_tracking(cfg: RootConfig, run_dir: Path, trainer: Trainer, env: dict):

@@ -22,6 +22,13 @@ class TrainState:
     # the host runs ahead of the device, so time blocked on the loader is time the GPU may starve.
     data_wait: list = field(default_factory=list)
     wandb_run_id: str = ""  # kept beside "progress" in a checkpoint, not in it
+    # The schedule's position in samples (trainer.elastic=rescale keeps it across a change of global
+    # batch); a run that never rescaled has samples_seen = global_step x its global batch.
+    samples_seen: int = 0
+    schedule_batch: int = 0  # the global batch the LR schedule counts steps in (elastic.Continuation)
+    lr_factor: float = 1.0
+    epoch_stream: list = field(default_factory=list)  # [epoch, stream's global batch, offset] after a rescale
+    rescales: list = field(default_factory=list)  # one line per rescale (summary, model card)
 
     def to_dict(self) -> dict:
         """The checkpoint's "progress" entry (histories trimmed to the last HISTORY windows)."""

@@ -1,9 +1,7 @@
 """The Trainer: epochs of (train, validate, checkpoint) over one engine, resumable at any step."""
 from __future__ import annotations
 
-import contextlib
 import math
-import re
 import statistics
 import sys
 import time
@@ -17,16 +15,19 @@ from pipeline import faults
 from pipeline.config import RootConfig, to_dict
 from pipeline.data import Placement, build_data
 from pipeline.data.resolution import size_note, train_size
+from pipeline.data.sampler import epoch_steps
 from pipeline.engines import build_engine
 from pipeline.metrics import MetricsLog, Progress
 from pipeline.models import build_model, count_parameters
 from pipeline.optim import LRSchedule, build_optimizer, scaled_lr, warmup_epochs_for
 from pipeline.runtime import Runtime, StopSignal, seed_everything
 from pipeline.trained import load_pretrained
+from pipeline.training.elastic import Continuation
 from pipeline.training.ema import build_ema
 from pipeline.training.evaluate import evaluate, replica_checksum
 from pipeline.training.loss import make_loss
-from pipeline.training.guards import val_at_chance
+from pipeline.training.guards import naming_the_step_of_a_dead_loader_worker, val_at_chance
+from pipeline.training.position import RunPosition
 from pipeline.training.state import LogWindow, TrainState
 
 
@@ -42,29 +43,10 @@ def set_train_mode(model: torch.nn.Module, frozen_bn: bool) -> None:
                 m.eval()
 
 
-@contextlib.contextmanager
-def _naming_the_step_of_a_dead_loader_worker(state: TrainState, loader):
-    """torch's DataLoader reports a dead worker ("DataLoader worker (pid N) is killed by signal")
-    from its SIGCHLD handler, wherever the loop is, and a failed DALI pipeline names only its own
-    step: add the global step, so a restart's log explains itself. When the handler's error lands
-    inside a checkpoint write, torch.save's own error ("unexpected pos") comes out instead (seen
-    once in CI): the loader is then asked whether a worker is dead."""
-    try:
-        yield
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if re.search(r"DataLoader worker \(pid", first):  # not "Caught DataError in DataLoader worker process"
-            raise RuntimeError(f"data loader worker died at step {state.global_step}: {first}") from None
-        if first.startswith("DALI pipeline failed"):
-            raise RuntimeError(f"{first} (global step {state.global_step})") from None
-        if dead := getattr(loader, "dead_worker", lambda: "")():
-            raise RuntimeError(f"data loader worker died at step {state.global_step}: {dead} ({first})") from None
-        raise
-
-
 class Trainer:
-    def __init__(self, cfg: RootConfig, rt: Runtime) -> None:
+    def __init__(self, cfg: RootConfig, rt: Runtime, continuation: Continuation | None = None) -> None:
         self.cfg, self.rt = cfg, rt
+        self.continuation = continuation or Continuation()
         self.run_dir = Path(cfg.trainer.run_dir)
         seed_everything(cfg.trainer.seed)  # same initial weights on every rank
         placement = Placement(rt.device, rt.channels_last, rt.world.rank, rt.world.world_size, cfg.optim.accumulation)
@@ -76,19 +58,26 @@ class Trainer:
         self.accumulation = cfg.optim.accumulation
         self.steps_per_epoch = max(1, self.data.train.steps_per_epoch() // self.accumulation)
         global_batch = cfg.data.batch_size * rt.world.world_size * self.accumulation
-        self.base_lr = scaled_lr(cfg.optim, global_batch)
-        self.engine = build_engine(model, lambda module: build_optimizer(module, cfg.optim, self.base_lr, rt.device),
+        # The recipe's peak LR, warmup and schedule at the global batch the schedule counts in: this
+        # start's, unless a rescale changed it (then the peak is scaled by its factor).
+        schedule_batch = self.continuation.schedule_batch or global_batch
+        recipe_lr = scaled_lr(cfg.optim, schedule_batch)
+        self.base_lr = recipe_lr * self.continuation.lr_factor
+        self.engine = build_engine(model, lambda module: build_optimizer(module, cfg.optim, recipe_lr, rt.device),
                                    cfg, rt)
-        self.warmup_epochs, self.warmup_reason = warmup_epochs_for(cfg.optim, global_batch)
-        self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, self.steps_per_epoch, cfg.trainer.epochs,
+        self.warmup_epochs, self.warmup_reason = warmup_epochs_for(cfg.optim, schedule_batch)
+        schedule_steps = (self.steps_per_epoch if schedule_batch == global_batch
+                          else epoch_steps(self.data.train.num_samples, schedule_batch, False))
+        self.schedule = LRSchedule(self.engine.optimizer, cfg.optim, schedule_steps, cfg.trainer.epochs,
                                    self.warmup_epochs)
+        self.schedule.factor = self.continuation.lr_factor
         self.mixup, self.loss_fn = make_loss(cfg, self.data.num_classes)
         self.ema = build_ema(self.engine.module, cfg.trainer, global_batch)
-        self.state = TrainState()
+        self.state = TrainState(schedule_batch=schedule_batch)
         self.metrics = MetricsLog(self.run_dir, rt.is_main)
-        self.total_steps = cfg.trainer.epochs * self.steps_per_epoch
-        if cfg.trainer.max_steps > 0:
-            self.total_steps = min(self.total_steps, cfg.trainer.max_steps)
+        self.position = RunPosition(self.state, self.data.train, global_batch, self.accumulation, self.steps_per_epoch,
+                                    cfg.trainer.epochs)
+        self.total_steps = self.position.total_steps(cfg.trainer.max_steps)
         self.stop = StopSignal()
         self.nonfinite_windows = 0  # consecutive log windows with a non-finite loss
         self.train_top1_windows: list[float] = []  # train top-1 of each log window since the last validation
@@ -134,8 +123,22 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"])
         self.state = TrainState.from_dict(state["progress"], state.get("wandb_run_id", ""))
+        self._continue(state["progress"])
         self.metrics.truncate_after(self.state.global_step)
         self.log_line(f"resumed from {path} (epoch {self.state.epoch + 1}, step {self.state.global_step})")
+
+    def _continue(self, progress: dict) -> None:
+        """The resumed state in this start's terms: the schedule's units, and the epoch a rescale cut."""
+        s, c, pos = self.state, self.continuation, self.position
+        if "samples_seen" not in progress:  # a checkpoint from before the schedule counted samples
+            s.samples_seen = s.global_step * pos.global_batch
+        s.schedule_batch, s.lr_factor, s.epoch_stream = c.schedule_batch or pos.global_batch, c.lr_factor, list(c.epoch_stream)
+        if c.rescaled_from:
+            s.step_in_epoch = 0  # this start's steps count from the rescale's offset in the epoch's stream
+        pos.state = s
+        if pos.partial_epoch(s.epoch):
+            self.data.train.continue_epoch(*s.epoch_stream)
+        self.total_steps = pos.total_steps(self.cfg.trainer.max_steps)
 
     def log_line(self, text: str) -> None:
         if self.rt.is_main and text:
@@ -144,28 +147,30 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def train_one_epoch(self, progress: Progress) -> bool:
         """Returns False when the run must stop early (max_steps or a stop signal)."""
-        s, world_size = self.state, self.rt.world.world_size
+        s, world_size, pos = self.state, self.rt.world.world_size, self.position
         self.data.train.set_epoch(s.epoch, s.step_in_epoch * self.accumulation)
         self.log_line(size_note(self.cfg.data, s.epoch, resumed=s.step_in_epoch > 0))
         batches = iter(self.data.train)
         window = LogWindow(self.rt.device, world_size)
-        while s.step_in_epoch < self.steps_per_epoch:
+        steps = pos.steps_in(s.epoch)
+        while s.step_in_epoch < steps:
             if s.global_step >= self.total_steps:
                 return False
-            self.schedule.set_step(s.global_step)
+            self.schedule.set_step(pos.schedule_step())
             faults.before_step(s.global_step)
             for micro in range(self.accumulation):
                 self.micro_step(self.next_batch(batches, window), micro == self.accumulation - 1, window)
             if self.ema is not None:
-                self.ema.step(self.engine.module, s.global_step, self.schedule.warmup_steps)
+                self.ema.step(self.engine.module, s.global_step, pos.warmup_end_step(self.schedule.warmup_steps))
             s.step_in_epoch += 1
             s.global_step += 1
+            s.samples_seen += pos.global_batch
             progress.advance(s.global_step)
-            at_log = s.global_step % self.cfg.trainer.log_every == 0 or s.step_in_epoch == self.steps_per_epoch
+            at_log = s.global_step % self.cfg.trainer.log_every == 0 or s.step_in_epoch == steps
             if at_log:
-                self.log_window(window, progress)
+                self.log_window(window, progress, steps)
             every = self.cfg.trainer.checkpoint_every
-            if every and s.global_step % every == 0 and s.step_in_epoch < self.steps_per_epoch:
+            if every and s.global_step % every == 0 and s.step_in_epoch < steps:
                 if self.nonfinite_windows == 0:  # never checkpoint a diverged state
                     self.save()
             if (world_size == 1 or at_log) and self.stop.agreed(world_size, self.rt.device):
@@ -191,7 +196,7 @@ class Trainer:
         loss = self.engine.micro_step(images, labels, loss_fn, last_micro, self.accumulation)
         window.add(loss, images.shape[0])
 
-    def log_window(self, window: LogWindow, progress: Progress) -> None:
+    def log_window(self, window: LogWindow, progress: Progress, steps: int) -> None:
         s, stats = self.state, window.close()
         s.train_seconds += stats.seconds
         self.check_finite(stats.mean_loss)
@@ -199,11 +204,11 @@ class Trainer:
         self.train_top1_windows.append(stats.top1)
         s.data_wait.append(stats.data_wait)
         lr = self.schedule.current_lr()
-        self.metrics.log({"step": s.global_step, "epoch": s.epoch + s.step_in_epoch / self.steps_per_epoch,
+        self.metrics.log({"step": s.global_step, "epoch": self.position.epoch_fraction(),
                           "train/loss": stats.mean_loss, "train/top1": stats.top1, "train/lr": lr,
                           "train/img_per_sec": stats.img_per_sec, "train/data_wait": stats.data_wait,
                           "train/image_size": train_size(self.cfg.data, s.epoch)})
-        progress.train_line(s.epoch, self.cfg.trainer.epochs, s.step_in_epoch, self.steps_per_epoch, s.global_step,
+        progress.train_line(s.epoch, self.cfg.trainer.epochs, s.step_in_epoch, steps, s.global_step,
                             stats.mean_loss, lr, stats.img_per_sec, stats.data_wait)
 
     def check_finite(self, mean_loss: float) -> None:
@@ -229,7 +234,7 @@ class Trainer:
         s.best_top1 = max(s.best_top1, s.last_val["val/top1"])
         self.metrics.log({"step": s.global_step, "epoch": epoch, **s.last_val})
         windows, self.train_top1_windows = self.train_top1_windows, []
-        if not self.alerts and windows and s.global_step >= self.schedule.warmup_steps:
+        if not self.alerts and windows and s.global_step >= self.position.warmup_end_step(self.schedule.warmup_steps):
             text = val_at_chance(s.last_val["val/top1"], statistics.mean(windows), self.data.num_classes,
                                  s.last_val["val/samples"])
             if text:  # once per run; training goes on
@@ -241,7 +246,7 @@ class Trainer:
         progress = Progress(cfg.logging.progress, self.rt.is_main, self.total_steps, s.global_step)
         progress.advance(s.global_step)
         set_train_mode(self.engine.wrapped, cfg.model.frozen_bn)
-        with _naming_the_step_of_a_dead_loader_worker(s, self.data.train):  # a worker's death may come at any point
+        with naming_the_step_of_a_dead_loader_worker(s, self.data.train):  # a worker's death may come at any point
             try:
                 interrupted = self._epochs(progress)
             finally:
@@ -266,7 +271,7 @@ class Trainer:
             if self.nonfinite_windows == 0:  # never checkpoint a diverged state
                 self.save()
         if not interrupted and s.global_step >= self.total_steps and not s.last_val:
-            self.validate(s.epoch + s.step_in_epoch / self.steps_per_epoch)  # max_steps came first
+            self.validate(self.position.epoch_fraction())  # max_steps came first
             self.save()
         return interrupted
 
@@ -281,7 +286,7 @@ class Trainer:
                 "val/samples": s.last_val.get("val/samples"),
                 "train/img_per_sec": statistics.median(rates) if rates else None,
                 "train/data_wait": round(statistics.median(waits), 4) if waits else None,
-                "epochs": s.epoch + s.step_in_epoch / self.steps_per_epoch, "steps": s.global_step,
+                "epochs": self.position.epoch_fraction(), "steps": s.global_step,
                 "train_seconds": round(s.train_seconds, 2), "replaced_images": self.data.train.replaced_images,
                 "fp16_skipped_steps": int(skipped) if self.rt.precision == "fp16" and skipped is not None else None,
                 "replicas_identical": replica_checksum(self.engine.module, self.rt.device), "alerts": self.alerts,
