@@ -34,7 +34,7 @@ class Check(CheckBase, TrainingSteps, DataSteps):
     STEPS = ("environment", "bench_train", "bench_train_compiled", "cuda_graphs_match_eager", "fp16_gradscaler",
              "syncbn_one_process_nccl", "deepspeed_zero1", "deepspeed_zero2", "checkpoint_kill_resume_eval",
              "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "progressive_resizing",
-             "recipe_augmentation", "torchvision_gpu_decode")
+             "recipe_augmentation", "eval_parity", "torchvision_gpu_decode")
 
     def run(self, only: list[str]) -> int:
         for name in self.STEPS:

@@ -131,6 +131,27 @@ class DataSteps:
         return "; ".join(f"{name} {r['train/img_per_sec']:.0f} img/s (x{r['train/img_per_sec'] / base:.2f}), "
                          f"data wait {r['train/data_wait']:.3f}" for name, r in runs.items())
 
+    def step_eval_parity(self) -> str:
+        """The checkpoint dali_vs_synthetic trained on the JPEGs, evaluated through DALI's val graph and
+        through torchvision's transforms on the same val images (`pipeline eval-parity`)."""
+        self._need_dali()
+        run = self.work / "from_dali"
+        if not (run / "checkpoints").exists():
+            raise Skip("no checkpoint from dali_vs_synthetic (run that step first)")
+        model = ["model.name=resnet20", "data.image_size=32"] if self.dry else ["model.name=resnet50"]
+        proc = self.cli("eval-parity", *model, f"data.path={self.jpegs}", f"trainer.run_dir={run}",
+                        f"data.workers={self.workers}", *self.device_overrides, expect_ok=False)
+        if proc.returncode not in (0, 1):
+            raise Failed(f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        (self.out / "eval_parity.json").write_text(json.dumps(r, indent=2))
+        figure = (f"{r['images']} val images: top-1 DALI {r['dali/top1']:.2f}% vs torchvision {r['torchvision/top1']:.2f}% "
+                  f"(gap {r['top1_gap']:+.2f}), same top-1 class on {r['argmax_agreement']:.1f}%, logits differ by at "
+                  f"most {r['max_abs_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.3g})")
+        if not r["passed"]:
+            raise Failed(figure + ": more than 0.3 points and one image apart")
+        return figure
+
     def step_torchvision_gpu_decode(self) -> str:
         if self.dry:
             raise Skip("decode_jpeg(device='cuda') needs a GPU")

@@ -119,6 +119,8 @@ def _tool(module: str):
 COMMANDS = {
     "train": ("train a model (defaults: the demo job)", True, lambda: (_add_config_arguments, _train)),
     "eval": ("evaluate a checkpoint on the validation split", True, lambda: (_add_eval_arguments, _eval)),
+    "eval-parity": ("evaluate a checkpoint through DALI's and torchvision's val views: top-1 each, logit differences",
+                    True, lambda: _tool("eval_parity")),
     "models": ("list registry models with parameter counts", False, lambda: (lambda p: None, _models)),
     "make-demo-data": ("write the demo dataset (real JPEGs, ImageNet layout)", False,
                        lambda: (_add_demo_arguments, _make_demo_data)),
