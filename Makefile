@@ -24,9 +24,10 @@ train: setup
 # Tests run in TEST_WORKERS processes (pytest-xdist; 1 = serial). Most tests wait on a subprocess
 # that imports torch on one thread, so two workers keep both cores busy (docs/benchmarks.md).
 # --dist loadscope keeps each test module on one worker: module fixtures (the local Slurm cluster,
-# the GPU check's dry run) are set up once.
+# the GPU check's dry run) are set up once. --no-loadscope-reorder keeps the order tests/conftest.py
+# gives: the heaviest modules first, so the two workers finish together.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope)
+XDIST = $(if $(filter 1,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: setup
 	$(BIN)/python -m pytest -q $(XDIST) --durations=15 $(PYTEST_ARGS)

@@ -69,7 +69,7 @@ node_range() {  # $1: the job's script; prints MIN-MAX, or nothing for a fixed c
   local found="" low high
   if [ -n "${PLAN_NODES:-}" ]; then echo "1-$PLAN_NODES"; return; fi
   if [ -n "${SLURM_JOB_ID:-}" ]; then
-    found="$(sacct -n -X -j "$SLURM_JOB_ID" -o SubmitLine%4000 2>/dev/null | head -n 1 | nodes_flag)"
+    found="$(timeout 20 sacct -n -X -j "$SLURM_JOB_ID" -o SubmitLine%4000 2>/dev/null | head -n 1 | nodes_flag)"
   fi
   if [ -z "$found" ]; then
     found="$(grep -E '^#SBATCH +(--nodes|-N)' "$1" 2>/dev/null | nodes_flag)"
