@@ -38,6 +38,16 @@ def launch(world: int, args: list[str], env: dict | None = None) -> subprocess.C
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=full_env)
 
 
+def grow(args: list[str], run: Path, checkpoint_step: int, fault_step: int, said: str) -> str:
+    """World 1 until a fault at `fault_step` (a checkpoint at `checkpoint_step`), then world 2 to the
+    end; returns the resume's line (the one starting with `said`)."""
+    args = [*args, f"trainer.checkpoint_every={checkpoint_step}", f"trainer.run_dir={run}"]
+    launch(1, args, {"PIPELINE_FAULT_RAISE_AT_STEP": str(fault_step)})
+    proc = launch(2, args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return next(line for line in proc.stdout.splitlines() if line.startswith(said))
+
+
 def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in read_metrics(run) if "train/loss" in r}
 
@@ -63,19 +73,11 @@ def main() -> int:
     proc = launch(2, [*common, f"trainer.run_dir={runs['straight']}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     # plan: checkpoint at step 40 (global batch 32), a fault at step 45, resumed at world 2
-    plan_args = [*common, "trainer.plan_world_size=2", "trainer.checkpoint_every=40",
-                 f"trainer.run_dir={runs['plan']}"]
-    launch(1, plan_args, {"PIPELINE_FAULT_RAISE_AT_STEP": "45"})
-    proc = launch(2, plan_args)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    plan_line = next(line for line in proc.stdout.splitlines() if line.startswith("resumed at world"))
+    plan_line = grow([*common, "trainer.plan_world_size=2"], runs["plan"], checkpoint_step=40, fault_step=45,
+                     said="resumed at world")
     # rescale: checkpoint at step 80 (global batch 16), a fault at step 90, resumed at world 2
-    rescale_args = [*common, "trainer.elastic=rescale", "trainer.checkpoint_every=80",
-                    f"trainer.run_dir={runs['rescale']}"]
-    launch(1, rescale_args, {"PIPELINE_FAULT_RAISE_AT_STEP": "90"})
-    proc = launch(2, rescale_args)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rescale_line = next(line for line in proc.stdout.splitlines() if line.startswith("rescaled at world"))
+    rescale_line = grow([*common, "trainer.elastic=rescale"], runs["rescale"], checkpoint_step=80, fault_step=90,
+                        said="rescaled at world")
 
     straight = losses(runs["straight"])
     summary = {name: json.loads((run / "summary.json").read_text()) for name, run in runs.items()}
