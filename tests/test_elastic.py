@@ -95,6 +95,23 @@ def test_rescale_replans_the_batch_and_keeps_the_schedule_in_samples():
         elastic.resolve(load_config(None, ["data.batch_size=16"]), 2, recorded)
 
 
+def test_an_explicit_resume_path_carries_its_layout_and_rescale_record(tmp_path):
+    """trainer.resume=<path> reads the checkpoint's layout as auto reads the newest one: a rescaled
+    run resumed from a chosen checkpoint keeps its LR factor, schedule units and epoch stream."""
+    from pipeline.training.job import _recorded
+
+    progress = {"world_size": 2, "batch_size": 16, "accumulation": 1, "global_step": 11, "epoch": 1,
+                "step_in_epoch": 1, "schedule_batch": 16, "lr_factor": 2.0, "epoch_stream": [1, 16, 48]}
+    path = tmp_path / "step-000000011.pt"
+    torch.save({"format": 1, "progress": progress}, path)
+    cfg = load_config(None, ["data.batch_size=16", f"trainer.resume={path}"])
+    recorded = _recorded(cfg, tmp_path, "ddp")
+    assert recorded == {**progress, "checkpoint": str(path)}
+    assert elastic.resolve(cfg, 2, recorded)[2] == elastic.Continuation(16, 2.0, (1, 16, 48))
+    assert _recorded(load_config(None, ["trainer.resume=never"]), tmp_path, "ddp") is None
+    assert _recorded(load_config(None, [f"trainer.resume={tmp_path / 'missing.pt'}"]), tmp_path, "ddp") is None
+
+
 @pytest.mark.parametrize("repeats", [1, 3])
 def test_a_rescaled_epoch_uses_each_of_its_remaining_samples_once(repeats):
     """130 samples; 3 steps of 16 at world 1, then global batch 32 at world 2 from sample 48, then

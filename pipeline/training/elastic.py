@@ -32,20 +32,25 @@ from pipeline.config import ConfigError, RootConfig
 
 def recorded_layout(run_dir: Path, engine: str) -> dict | None:
     """The newest checkpoint's launch layout (world size, per-GPU batch, accumulation, step,
-    epoch position) for `engine` (trainer.engine or the resolved kind: DeepSpeed has its own
-    checkpoint layout), read without loading its tensors; None for no checkpoint or an old one."""
+    epoch position, a rescale's record) for `engine` (trainer.engine or the resolved kind: DeepSpeed
+    has its own checkpoint layout), read without loading its tensors; None for no checkpoint or an
+    old one."""
     layout = ckpt.DEEPSPEED if engine == "deepspeed" else ckpt.PLAIN
     for path in ckpt.list_checkpoints(run_dir, layout):
-        file = path / ckpt.DEEPSPEED_MODEL_FILE if path.is_dir() else path
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            return layout_of(path)
         except Exception:  # noqa: BLE001 - an unreadable newest checkpoint: resume() reports and skips it
             continue
-        progress = state.get("progress", {}) if isinstance(state, dict) else {}
-        if progress.get("world_size"):
-            return {**progress, "checkpoint": str(path)}
-        return None
     return None
+
+
+def layout_of(path: Path) -> dict | None:
+    """One checkpoint's launch layout (a step-*.pt file or a DeepSpeed ds-step-* folder); None for
+    an old checkpoint without one. trainer.resume=<path> reads it as auto reads the newest."""
+    file = path / ckpt.DEEPSPEED_MODEL_FILE if path.is_dir() else path
+    state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    progress = state.get("progress", {}) if isinstance(state, dict) else {}
+    return {**progress, "checkpoint": str(path)} if progress.get("world_size") else None
 
 
 @dataclass(frozen=True)

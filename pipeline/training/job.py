@@ -45,7 +45,7 @@ def _train(cfg: RootConfig, world: WorldInfo, run_dir: Path) -> tuple[dict, int]
     try:
         # The planned global batch at this world size (trainer.plan_world_size); a checkpoint from
         # another world size: the same global batch through another accumulation, or a rescale.
-        recorded = elastic.recorded_layout(run_dir, rt.engine_kind) if cfg.trainer.resume == "auto" else None
+        recorded = _recorded(cfg, run_dir, rt.engine_kind)
         cfg, resized, continuation = elastic.resolve(cfg, world.world_size, recorded)
         trainer = Trainer(cfg, rt, continuation)
         trainer.resume()
@@ -111,6 +111,18 @@ def _prepare_run_dir(run_dir: Path, cfg: RootConfig) -> RunLock:
         raise ConfigError(f"trainer.run_dir {run_dir} cannot be written ({exc.strerror or exc}); "
                           "set trainer.run_dir to a writable folder") from None
     return lock
+
+
+def _recorded(cfg: RootConfig, run_dir: Path, engine_kind: str) -> dict | None:
+    """The launch layout of the checkpoint this start resumes from (None: a fresh start)."""
+    if cfg.trainer.resume == "auto":
+        return elastic.recorded_layout(run_dir, engine_kind)
+    if cfg.trainer.resume == "never" or not Path(cfg.trainer.resume).exists():
+        return None  # a missing path: resume() names it
+    try:
+        return elastic.layout_of(Path(cfg.trainer.resume))
+    except Exception:  # noqa: BLE001 - unreadable: resume() refuses it with its own line
+        return None
 
 
 def _rescale_record(trainer: Trainer, continuation: elastic.Continuation) -> dict:
