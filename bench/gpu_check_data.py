@@ -138,7 +138,8 @@ class DataSteps:
         run = self.work / "from_dali"
         if not (run / "checkpoints").exists():
             raise Skip("no checkpoint from dali_vs_synthetic (run that step first)")
-        model = ["model.name=resnet20", "data.image_size=32"] if self.dry else ["model.name=resnet50"]
+        # the view dali_vs_synthetic trained at
+        model = ["model.name=resnet20", "data.image_size=32"] if self.dry else ["model.name=resnet50", "data.image_size=224"]
         proc = self.cli("eval-parity", *model, f"data.path={self.jpegs}", f"trainer.run_dir={run}",
                         f"data.workers={self.workers}", *self.device_overrides, expect_ok=False)
         if proc.returncode not in (0, 1):

@@ -76,7 +76,9 @@ class ShardPlan:
         """Micro-batches of `epoch` on this rank: a whole epoch's, or what a rescaled resume left of it."""
         if not self.train or self.partial is None or epoch != self.partial[0]:
             return self.steps_per_epoch()
-        left = len(self._rest_of_stream(epoch)[0])
+        _, stream_batch, offset = self.partial  # the stream's length is known without drawing it
+        left = max(0, min(epoch_steps(self.num_samples, stream_batch, self.drop_last) * stream_batch,
+                          self.num_samples) - offset)
         return (left // self.global_batch if self.drop_last else -(-left // self.global_batch)) * self.accumulation
 
     def _order(self, epoch: int, global_batch: int) -> tuple[list[int], list[int]]:
