@@ -14,17 +14,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-# Seconds each heavy module took in a loaded fresh-clone run (junit, 2-core AVX2 EPYC, 2026-12-03;
-# docs/benchmarks.md). pytest-xdist's loadscope hands whole modules to the workers in collection
-# order, and by default reorders them by test count, which put the few-test heavy modules (the GPU
-# check's dry run, the Slurm cluster, the fault runs) last, where one worker ran them while the other
-# sat idle. `make test` passes --no-loadscope-reorder and these go first, heaviest first (longest
-# processing time first: near the best split of the work over two workers); the rest follow in
-# collection order.
-MODULE_SECONDS = {"tests/test_faults.py": 672, "tests/test_elastic.py": 490, "tests/test_distributed.py": 440,
-                  "tests/slurm/test_slurm.py": 330, "tests/test_train.py": 280, "tests/test_gpu_check.py": 250,
-                  "tests/test_modern_recipes.py": 234, "tests/test_experiments.py": 159, "tests/test_export.py": 151,
-                  "tests/test_tracking.py": 123, "tests/test_shards.py": 110, "tests/test_data.py": 106}
+# Seconds each heavy module took in a whole run (junit, 2-core AVX2 EPYC, 2026-12-03, with the preforked
+# commands of tests/preforked.py; docs/benchmarks.md). pytest-xdist's loadscope hands whole modules to
+# the workers in collection order, and by default reorders them by test count, which put the few-test
+# heavy modules (the GPU check's dry run, the Slurm cluster, the fault runs) last, where one worker ran
+# them while the other sat idle. `make test` passes --no-loadscope-reorder and these go first,
+# heaviest first (longest processing time first: near the best split of the work over two workers);
+# the rest follow in collection order.
+MODULE_SECONDS = {"tests/test_elastic.py": 274, "tests/slurm/test_slurm.py": 267, "tests/test_distributed.py": 267,
+                  "tests/test_faults.py": 255, "tests/test_gpu_check.py": 202, "tests/test_train.py": 98,
+                  "tests/test_experiments.py": 81, "tests/test_tracking.py": 55, "tests/test_modern_recipes.py": 51,
+                  "tests/test_numerics.py": 42, "tests/test_runlock.py": 40, "tests/test_export.py": 39}
 
 
 def pytest_collection_modifyitems(items):
