@@ -46,10 +46,11 @@ def _at_start(env: dict[str, str]) -> dict[str, str | None]:
 
 
 def usable(env: dict[str, str]) -> bool:
-    """Whether a command with this environment can run in a fork of the server."""
+    """Whether a command with this environment can run in a fork of the server (started or to start)."""
     if os.environ.get("PIPELINE_TESTS_EXEC") == "1":
         return False
-    return _at_start(env) == _at_start({**os.environ, **SERVER_SETS})
+    server_started_with = _server.at_start if _server else _at_start({**os.environ, **SERVER_SETS})
+    return _at_start(env) == server_started_with
 
 
 # ---- in the server and its forks ----
@@ -117,6 +118,7 @@ def serve() -> None:
 class _Server:
     def __init__(self) -> None:
         env = {**os.environ, **SERVER_SETS}
+        self.at_start = _at_start(env)
         self.process = subprocess.Popen([sys.executable, "-m", "tests.preforked"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, cwd=Path(__file__).parents[1])
         self.lock = threading.Lock()
@@ -142,7 +144,10 @@ class _Server:
             pid = int(self._line(None))
             status = self._line(time.monotonic() + timeout)
             if status is None:
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended as the deadline passed
+                    pass
                 return int(self._line(None)), True
             return int(status), False
 
