@@ -11,7 +11,7 @@ exit status, threads joined and atexit handlers run at exit, as a fresh interpre
 What a fork cannot give is what is read as the interpreter or a library loads: the server starts
 with OMP_NUM_THREADS=1 (what run_cli passes), and a command whose environment differs in one of
 READ_AT_START runs in a fresh interpreter instead. PIPELINE_TESTS_EXEC=1 runs every command in a
-fresh interpreter; tests/test_layout.py runs commands both ways and compares them.
+fresh interpreter; tests/test_preforked.py runs commands both ways and compares them.
 """
 from __future__ import annotations
 
@@ -122,6 +122,7 @@ class _Server:
         self.process = subprocess.Popen([sys.executable, "-m", "tests.preforked"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, cwd=Path(__file__).parents[1])
         self.lock = threading.Lock()
+        self.forks = 0  # commands run as forks (tests/test_preforked.py checks its commands took this path)
 
     def _line(self, deadline: float | None) -> str | None:
         """One reply line, read a byte at a time (no read-ahead), or None past the deadline."""
@@ -142,6 +143,7 @@ class _Server:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
             pid = int(self._line(None))
+            self.forks += 1
             status = self._line(time.monotonic() + timeout)
             if status is None:
                 try:

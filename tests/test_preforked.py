@@ -22,8 +22,15 @@ def test_environment_read_at_start_sends_a_command_to_a_fresh_interpreter(monkey
     assert not preforked.usable(base)
 
 
+def _forks() -> int:
+    return preforked._server.forks if preforked._server else 0
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PIPELINE_TESTS_EXEC") == "1", reason="every command runs fresh")
 def test_forked_command_behaves_as_a_fresh_interpreter(tmp_path, demo_data):
+    assert preforked.usable({**os.environ, "OMP_NUM_THREADS": "1"})  # else both ways below would be fresh
+    forks = _forks()
     refused = [run_cli("train", "model.nme=resnet20", quick=True, fresh=fresh) for fresh in (True, False)]
     assert refused[0].returncode == refused[1].returncode == 2
     assert refused[0].stdout == refused[1].stdout and refused[0].stderr == refused[1].stderr
@@ -36,6 +43,7 @@ def test_forked_command_behaves_as_a_fresh_interpreter(tmp_path, demo_data):
         assert f"run directory {run}" in proc.stdout
         runs[fresh] = [(r["step"], r.get("train/loss"), r.get("val/top1")) for r in read_metrics(run)]
     assert runs[True] == runs[False]  # bit for bit
+    assert _forks() == forks + 2  # the refused config and the training: forks, the others fresh
 
     with pytest.raises(subprocess.TimeoutExpired):
         run_cli("train", *FAST, "data.backend=synthetic", f"trainer.run_dir={tmp_path / 'long'}",
