@@ -7,7 +7,8 @@
 # rendezvous is the first host of the allocation, with no c10d store to place.
 #
 # Environment (all optional): PIPELINE_HOME (repo, default: submit dir), PIPELINE_PYTHON,
-#   NPROC_PER_NODE (default: GPUs allocated on the node, 1 without GPUs), DATA_PATH, RUN_DIR,
+#   NPROC_PER_NODE (default: GPUs allocated on the node, 1 without GPUs), DATA_PATH (a folder or
+#   s3://bucket/prefix; AWS_* pass through), CACHE_DIR, CACHE_LIMIT (s3:// shard cache), RUN_DIR,
 #   WANDB_MODE (online|offline|disabled|auto), WANDB_PROJECT, WANDB_GROUP, MASTER_PORT,
 #   MAX_RESTARTS (default 3: requeues after a failed training step, counted in the run directory),
 #   PLAN_NODES (the largest node count the job may get: plan the global batch for it; read from the
@@ -44,6 +45,9 @@ export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
 run_dir="${RUN_DIR:-runs/${job_name}-${job_id}}"
 overrides=("trainer.run_dir=$run_dir" "trainer.resume=auto" "logging.progress=lines")
 [ -n "${DATA_PATH:-}" ] && overrides+=("data.path=$DATA_PATH")
+# s3:// data: the node-local shard cache (default $SLURM_TMPDIR, else ~/.cache) and its limit in bytes.
+[ -n "${CACHE_DIR:-}" ] && overrides+=("data.cache_dir=$CACHE_DIR")
+[ -n "${CACHE_LIMIT:-}" ] && overrides+=("data.cache_limit=$CACHE_LIMIT")
 # Tracked by default (online with a key, offline otherwise; an unreachable service falls back to offline).
 overrides+=("logging.wandb.mode=${WANDB_MODE:-auto}")
 [ -n "${WANDB_PROJECT:-}" ] && overrides+=("logging.wandb.project=$WANDB_PROJECT")

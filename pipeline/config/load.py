@@ -163,6 +163,7 @@ _CHOICES = {
     "data.dataset": ("imagefolder", "cifar10", "cifar100", "synthetic"),
     "data.on_bad_image": ("fail", "skip"),
     "data.dali_resize": ("auto", "dali", "torch"),
+    "data.shuffle": ("auto", "global", "blocks"),
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "step", "multistep", "constant", "triangular"),
     "data.val_crop_mode": ("center", "squash"),
@@ -229,10 +230,12 @@ def validate(cfg: RootConfig) -> None:
                               + did_you_mean(str(value), choices))
     _check_numbers(cfg)
     positive = ("data.batch_size", "data.image_size", "optim.accumulation", "trainer.log_every", "trainer.epochs",
-                "data.repeat_aug", "trainer.ema_every")
+                "data.repeat_aug", "trainer.ema_every", "data.shuffle_window", "data.remote_retries")
     for key in positive:
         if get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
+    if cfg.data.cache_limit < 0:
+        raise ConfigError(f"config key 'data.cache_limit' is in bytes, >= 0 (0: no limit), got {cfg.data.cache_limit}")
     if min(cfg.data.std) <= 0:
         raise ConfigError(f"config key 'data.std' must be > 0 in every channel, got {list(cfg.data.std)}")
     if cfg.optim.lr <= 0:

@@ -14,6 +14,8 @@ def missing_dataset(cfg: DataConfig) -> str | None:
     """The error line for an image folder that is not there and will not be made; None when fine."""
     if cfg.dataset != "imagefolder" or cfg.backend == "synthetic" or cfg.train_list or cfg.val_list:
         return None
+    if cfg.path.startswith("s3://"):  # checked against the store when the data is built
+        return None
     path = Path(cfg.path)
     if path.exists() or (cfg.make_demo and path.resolve() == Path(DEMO_PATH).resolve()):
         return None

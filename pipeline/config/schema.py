@@ -112,6 +112,18 @@ class DataConfig:
     # aspect 0.3-3.3, erased to 0 (the mean). Both backends draw the region from the sample's seed.
     random_erase: float = 0.0
     interpolation: str = "bilinear"  # bilinear | bicubic: the train and val resizes (and augmentation ops)
+    # Training order. global: one shuffle of the whole split (torchvision's). blocks: the streaming
+    # order for shards (pipeline/data/sampler.py): each epoch permutes the shards, and samples are
+    # shuffled within windows of shuffle_window shards, dealt round-robin over the window's shards so
+    # each rank reads few shards at a time. auto: blocks for s3:// data, global otherwise.
+    shuffle: str = "auto"
+    shuffle_window: int = 16  # blocks: shards per window (>= the largest world keeps each node on its own shards)
+    # s3:// data: the node-local shard cache (pipeline/data/shard_cache.py). "": $SLURM_TMPDIR when
+    # set, else the user cache (~/.cache/resnet-pipeline). cache_limit in bytes, 0: no limit; a limit
+    # below what one window needs is refused at start with the smallest that works.
+    cache_dir: str = ""
+    cache_limit: int = 0
+    remote_retries: int = 5  # s3://: attempts per request (backoff 0.5 s doubling to 8 s), then exit 1
     # Repeated augmentation (Hoffer 2020; torchvision's RASampler, timm's RepeatAugSampler): each
     # chosen image appears this many times in an epoch, each copy with its own augmentation and on
     # the next rank; the epoch keeps its length, so it holds ~N/repeat_aug distinct images. 1: off.

@@ -32,6 +32,7 @@ from pipeline.data.planned import PlannedLoader
 from pipeline.data.resolution import train_size, val_size
 from pipeline.data.sample_index import SampleIndex
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.streaming import plan_order, prefetcher
 from pipeline.data.torch_resize import TorchResize
 from pipeline.data.types import DataBundle, DataError, Placement
 
@@ -59,8 +60,9 @@ class DaliLoader(PlannedLoader):
         self.classes, self.samples = split
         super().__init__(ShardPlan(len(self.samples), placement.rank, placement.world_size, batch_size, train, seed,
                                    accumulation=placement.accumulation if train else 1,
-                                   repeats=cfg.repeat_aug if train else 1),
+                                   repeats=cfg.repeat_aug if train else 1, **plan_order(cfg, self.samples)),
                          len(self.samples))
+        self.prefetch = prefetcher(cfg, self.samples, train)
         self.cfg, self.placement, self.train = cfg, placement, train
         self.layout = "HWC" if placement.channels_last else "CHW"
         self.torch_resize = (TorchResize(cfg, placement.channels_last, cfg.train_antialias if train else True)
@@ -91,6 +93,18 @@ class DaliLoader(PlannedLoader):
 
     def _pass(self, start: int):
         """(images, labels) batches of one pipeline, from `start` to the end of the pass."""
+        if self.prefetch is None:
+            yield from self._pass_batches(start)
+            return
+        self.prefetch.start(self.plan.batches(self._epoch, start))
+        try:
+            for number, batch in enumerate(self._pass_batches(start)):
+                self.prefetch.advance(number + PREFETCH_DEPTH)  # DALI reads PREFETCH_DEPTH batches ahead
+                yield batch
+        finally:
+            self.prefetch.stop()
+
+    def _pass_batches(self, start: int):
         pipe = self._pipeline(start)
         if self.torch_resize is None:
             # DALIGenericIterator copies each batch into torch memory (device memory on GPU)

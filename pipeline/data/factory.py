@@ -10,7 +10,10 @@ from pipeline.config import DataConfig
 from pipeline.config.preflight import missing_dataset
 from pipeline.data.labels import check_num_classes, display_names
 from pipeline.data.planned import TorchLoader
+from pipeline.data.object_store import is_remote
+from pipeline.data.remote_shards import remote_classes_file
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.streaming import plan_order
 from pipeline.data.synthetic import SyntheticLoader
 from pipeline.data.types import DataBundle, DataError, Placement
 
@@ -34,7 +37,8 @@ def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: in
     bundle = _build(cfg, placement, seed, num_classes)
     check_num_classes(bundle.num_classes, num_classes)
     if cfg.dataset == "imagefolder" and bundle.backend != "synthetic":
-        bundle.classes = display_names(Path(cfg.path), bundle.classes)
+        bundle.classes = display_names(remote_classes_file(cfg.path) if is_remote(cfg.path) else Path(cfg.path),
+                                       bundle.classes)
     return bundle
 
 
@@ -46,7 +50,7 @@ def _build(cfg: DataConfig, placement: Placement, seed: int, num_classes: int) -
                           SyntheticLoader(cfg, classes, placement, False, seed + 1),
                           classes, backend, [str(i) for i in range(classes)])
     listed = cfg.train_list or cfg.val_list
-    if cfg.dataset == "imagefolder" and not listed and not Path(cfg.path).exists():
+    if cfg.dataset == "imagefolder" and not listed and not is_remote(cfg.path) and not Path(cfg.path).exists():
         _make_demo_or_refuse(cfg, placement)
     if backend == "dali":
         from pipeline.data.dali import dali_loaders
@@ -62,8 +66,10 @@ def _build(cfg: DataConfig, placement: Placement, seed: int, num_classes: int) -
         train_set, val_set = folder_datasets(cfg)
     val_batch = cfg.val_batch_size or cfg.batch_size
     train_plan = ShardPlan(len(train_set), placement.rank, placement.world_size, cfg.batch_size, True, seed,
-                           accumulation=placement.accumulation, repeats=cfg.repeat_aug)
-    val_plan = ShardPlan(len(val_set), placement.rank, placement.world_size, val_batch, False, seed)
+                           accumulation=placement.accumulation, repeats=cfg.repeat_aug,
+                           **plan_order(cfg, getattr(train_set, "samples", None)))
+    val_plan = ShardPlan(len(val_set), placement.rank, placement.world_size, val_batch, False, seed,
+                         **plan_order(cfg, getattr(val_set, "samples", None)))
     return DataBundle(TorchLoader(train_set, train_plan, cfg, placement),
                       TorchLoader(val_set, val_plan, cfg, placement),
                       len(train_set.classes), "torchvision", list(train_set.classes))

@@ -23,6 +23,9 @@ from pipeline.data.labels import SUBSET_SETTING, check_split_labels
 from pipeline.data.normalize import PixelNormalizer, finish_sample
 from pipeline.data.resolution import val_resize_shorter, val_size
 from pipeline.data.sample_index import SampleIndex, load_or_build, names_blob
+from pipeline.data import streaming
+from pipeline.data.object_store import is_remote
+from pipeline.data.remote_shards import scan_remote_shards
 from pipeline.data.shards import is_shard_split, read_bytes, scan_shards
 from pipeline.data.types import DataError, ShardMember
 
@@ -96,19 +99,26 @@ def split_samples(cfg: DataConfig) -> dict[str, tuple[list[str], SampleIndex]]:
     checked to agree."""
     root = Path(cfg.path)
     splits = {}
+    remote = is_remote(cfg.path) and streaming.open_remote(cfg)
     for split, listed in (("train", cfg.train_list), ("val", cfg.val_list)):
         if listed:
             splits[split] = read_file_list(Path(listed))
+            continue
+        if remote:
+            splits[split] = scan_remote_shards(f"{cfg.path.rstrip('/')}/{split}")
             continue
         if not (root / split).is_dir():
             raise DataError(f"dataset split not found: {root / split} (expected {root}/train/<class>/ and "
                             f"{root}/val/<class>/, shards {root}/{split}/*.tar, or data.{split}_list)")
         splits[split] = scan_shards(root / split) if is_shard_split(root / split) else scan_folder(root / split)
     (train_classes, train_samples), (val_classes, val_samples) = splits["train"], splits["val"]
-    sharded = [split for split in splits if not getattr(cfg, f"{split}_list") and is_shard_split(root / split)]
+    sharded = [split for split in splits if not getattr(cfg, f"{split}_list") and
+               (remote or is_shard_split(root / split))]
+    if remote:
+        streaming.check_cache_limit(cfg, {split: splits[split][1] for split in sharded})
     if cfg.train_list or cfg.val_list or sharded:
         sources = {split: f"data.{split}_list {listed}" if listed else
-                   f"{'shards' if split in sharded else 'folder'} {root / split}"
+                   f"{'shards' if split in sharded else 'folder'} {cfg.path.rstrip('/') if remote else root}/{split}"
                    for split, listed in (("train", cfg.train_list), ("val", cfg.val_list))}
         check_split_labels(train_samples.label_set(), val_samples.label_set(), sources, cfg.val_subset)
     elif val_classes != train_classes:

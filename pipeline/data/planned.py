@@ -8,6 +8,8 @@ from pipeline.data.autoaugment import erase_regions
 from pipeline.data.normalize import Normalizer, PixelNormalizer
 from pipeline.data.resolution import scheduled, train_size
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.shard_cache import followed
+from pipeline.data.streaming import prefetcher
 from pipeline.data.types import Placement
 
 
@@ -55,6 +57,7 @@ class TorchLoader(PlannedLoader):
         # (persistent workers keep their own copy of the dataset, so an attribute set here would not reach them).
         self.size_schedule = cfg if plan.train and scheduled(cfg) else None
         self._loader = None
+        self.prefetch = prefetcher(cfg, getattr(dataset, "samples", None), plan.train)
 
     # The DataLoader iterates this object as its batch sampler, in the main process, so one
     # DataLoader with persistent workers serves every epoch and resume position.
@@ -63,10 +66,10 @@ class TorchLoader(PlannedLoader):
 
     def _batch_sampler_iter(self):
         batches = self.plan.batches(self._epoch, self._start)
-        if self.size_schedule is None:
-            return iter(batches)
-        size = train_size(self.size_schedule, self._epoch)
-        return iter([[(index, seed, size) for index, seed in batch] for batch in batches])
+        if self.size_schedule is not None:
+            size = train_size(self.size_schedule, self._epoch)
+            batches = [[(index, seed, size) for index, seed in batch] for batch in batches]
+        return iter(batches) if self.prefetch is None else followed(batches, self.prefetch)
 
     def __iter__(self):
         if self._loader is None:

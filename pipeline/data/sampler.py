@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 _MIX = 0x9E3779B97F4A7C15  # 64-bit golden-ratio constant: spreads nearby (seed, epoch, index) apart
@@ -55,6 +56,10 @@ class ShardPlan:
     # dealt in this plan's global batches. The samples not yet used are used once, in the same order
     # and with the same augmentation seeds; only the last step's padding is drawn anew.
     partial: tuple[int, int, int] | None = None
+    # The streaming order (data.shuffle=blocks): each sample's shard, and shards per window
+    # (`blocks_order`). Validation then goes shard by shard. None: a global shuffle.
+    shard_of: np.ndarray | None = None
+    window: int = 0
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -84,7 +89,10 @@ class ShardPlan:
     def _order(self, epoch: int, global_batch: int) -> tuple[list[int], list[int]]:
         """The epoch's global order of (sample, copy number) at `global_batch`, padded to whole global batches."""
         gen = torch.Generator().manual_seed(self.seed * 10_007 + epoch)
-        order = torch.randperm(self.num_samples, generator=gen).tolist()
+        if self.shard_of is None:
+            order = torch.randperm(self.num_samples, generator=gen).tolist()
+        else:
+            order = blocks_order(self.shard_of, self.window, gen).tolist()
         total = epoch_steps(self.num_samples, global_batch, self.drop_last) * global_batch
         chosen = -(-total // self.repeats)
         while len(order) < chosen:  # wrap (like DistributedSampler's padding) so all ranks step equally
@@ -113,6 +121,8 @@ class ShardPlan:
 
     def _positions(self, epoch: int) -> tuple[list[int], list[int]]:
         if not self.train:
+            if self.shard_of is not None:  # shard by shard: each rank reads the shard the others read
+                return np.argsort(self.shard_of, kind="stable")[self.rank :: self.world_size].tolist(), []
             return list(range(self.rank, self.num_samples, self.world_size)), []
         order, copies = self._epoch_stream(epoch)
         return order[self.rank :: self.world_size], copies[self.rank :: self.world_size]
@@ -134,3 +144,32 @@ class ShardPlan:
 def epoch_steps(num_samples: int, global_batch: int, drop_last: bool) -> int:
     """Optimizer steps in a whole training epoch at `global_batch`."""
     return max(1, num_samples // global_batch) if drop_last else -(-num_samples // global_batch)
+
+
+def blocks_order(shard_of: np.ndarray, window: int, gen: torch.Generator) -> np.ndarray:
+    """The streaming order of an epoch: the shards permuted, cut into windows of `window` shards;
+    inside a window each shard's samples are shuffled and dealt round-robin over the window's
+    shards (position p of the window reads its shard p mod window, until a shard runs out).
+
+    A pure function of (shard_of, window, generator): the same for every world size. Rank r takes
+    positions r, r + world, ..., so where `world` divides `window` it reads `window / world` shards
+    of each window, and a node reads its own share of them: the node's cache holds a window's
+    share, not the split. Each global batch of G samples still mixes G / window samples of every
+    shard in the window, and `pipeline prepare` writes shards from a global shuffle."""
+    shard_of = np.asarray(shard_of)
+    count = int(shard_of.max()) + 1
+    members = np.argsort(shard_of, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(shard_of, minlength=count))])
+    shards = torch.randperm(count, generator=gen).numpy()
+    parts = []
+    for start in range(0, count, max(1, window)):
+        group = shards[start : start + max(1, window)]
+        lists = [members[bounds[s] : bounds[s + 1]][torch.randperm(int(bounds[s + 1] - bounds[s]), generator=gen).numpy()]
+                 for s in group]
+        longest = max(len(x) for x in lists)
+        table = np.full((longest, len(lists)), -1, dtype=np.int64)
+        for column, values in enumerate(lists):
+            table[: len(values), column] = values
+        dealt = table.ravel()  # row by row: one sample of each shard in turn
+        parts.append(dealt[dealt >= 0])
+    return np.concatenate(parts)

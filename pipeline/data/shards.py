@@ -18,10 +18,13 @@ import hashlib
 import json
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import shard_cache
+from pipeline.data.object_store import is_remote
 from pipeline.data.sample_index import SampleIndex, cache_dir, load_or_build, names_blob
 from pipeline.data.types import DataError, ShardMember
 
@@ -33,16 +36,43 @@ MAX_OPEN_SHARDS = 768  # below the usual 1,024 descriptors per process, with roo
 
 _open: dict[str, int] = {}
 OPENED = {"shards": 0}  # shard files opened by this process (tests check: one per shard)
+# Shards from object storage are read from the node's cache (`shard_cache`), which may evict one
+# this process still has open: its pages stay until the descriptor closes. So few stay open, and an
+# open one is checked (at most once a second) and re-fetched once evicted.
+MAX_OPEN_REMOTE = 8
+_remote_checked: dict[str, float] = {}
 
 
 def _shard_fd(tar: str) -> int:
     fd = _open.get(tar)
+    if fd is not None and is_remote(tar) and not _still_cached(tar):
+        os.close(_open.pop(tar))
+        fd = None
     if fd is None:
         if len(_open) >= MAX_OPEN_SHARDS:  # more shards than descriptors: close the oldest
             os.close(_open.pop(next(iter(_open))))
-        fd = _open[tar] = os.open(tar, os.O_RDONLY)
+        path = tar
+        if is_remote(tar):
+            remote = [name for name in _open if is_remote(name)]
+            if len(remote) >= MAX_OPEN_REMOTE:
+                os.close(_open.pop(remote[0]))
+            path = str(shard_cache.fetch(tar))
+            _remote_checked[tar] = time.monotonic()
+        fd = _open[tar] = os.open(path, os.O_RDONLY)
         OPENED["shards"] += 1
     return fd
+
+
+def _still_cached(url: str) -> bool:
+    now = time.monotonic()
+    if now - _remote_checked.get(url, 0.0) < 1.0:
+        return True
+    _remote_checked[url] = now
+    try:
+        os.utime(shard_cache.local_path(url))  # also keeps it recent in the cache's LRU order
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def close_shards() -> None:
@@ -181,9 +211,10 @@ def is_shard_split(split_dir: Path) -> bool:
     return split_dir.is_dir() and any(split_dir.glob("*.tar"))
 
 
-def _labels(tar_path: Path, samples, listed: dict | None) -> list[int]:
-    """Each sample's class: from info.json's entry when it describes this very tar, else its `.cls` member."""
-    if listed and listed.get("bytes") == tar_path.stat().st_size and len(listed.get("labels", [])) == len(samples):
+def _labels(tar_path: Path | str, size: int, samples, listed: dict | None) -> list[int]:
+    """Each sample's class: from info.json's entry when it describes this very tar (its size), else
+    its `.cls` member. tar_path: a file, or an s3:// URL read through the node's cache."""
+    if listed and listed.get("bytes") == size and len(listed.get("labels", [])) == len(samples):
         return [int(label) for label in listed["labels"]]
     labels = []
     for parts in samples:
@@ -214,13 +245,21 @@ def scan_shards(split_dir: Path) -> tuple[list[str], SampleIndex]:
 def build_shard_index(split_dir: Path, tars: list[Path]) -> SampleIndex:
     info = read_info(split_dir)
     listed = {entry["name"]: entry for entry in info.get("shards", [])}
-    names, keys, labels, shard, offsets, sizes = [], [], [], [], [], []
-    for number, tar_path in enumerate(tars):
+    per_shard = []
+    for tar_path in tars:
         samples = shard_index(tar_path)
-        for parts, label in zip(samples, _labels(tar_path, samples, listed.get(tar_path.name))):
+        per_shard.append((samples, _labels(tar_path, tar_path.stat().st_size, samples, listed.get(tar_path.name))))
+    return assemble_index(str(split_dir), [os.path.abspath(t) for t in tars], per_shard, info)
+
+
+def assemble_index(where: str, shard_paths: list[str], per_shard, info: dict) -> SampleIndex:
+    """The split's SampleIndex from each shard's (index entries, labels), local or remote alike."""
+    names, keys, labels, shard, offsets, sizes = [], [], [], [], [], []
+    for number, (tar, (samples, shard_labels)) in enumerate(zip(shard_paths, per_shard)):
+        for parts, label in zip(samples, shard_labels):
             image = next((p for p in parts if p[0] in IMAGE_EXTS), None)
             if image is None:
-                raise DataError(f"shard {tar_path}: sample {sample_key(parts[0][3])[0]} has no image "
+                raise DataError(f"shard {tar}: sample {sample_key(parts[0][3])[0]} has no image "
                                 f"(expected one of .{', .'.join(IMAGE_EXTS)})")
             _, offset, size, name = image
             names.append(name)
@@ -230,17 +269,16 @@ def build_shard_index(split_dir: Path, tars: list[Path]) -> SampleIndex:
             offsets.append(offset)
             sizes.append(size)
     if not names:
-        raise DataError(f"the shards in {split_dir} hold no samples")
+        raise DataError(f"the shards in {where} hold no samples")
     # By (label, key), stable: the folder layout's order whatever order the tars hold the samples in.
     order = np.lexsort((np.array(keys), np.array(labels, dtype=np.int64)))
     labels_sorted = np.array(labels, dtype=np.int32)[order]
     classes = info.get("classes") or [str(i) for i in range(int(labels_sorted.max()) + 1)]
     if int(labels_sorted.max()) >= len(classes):
-        raise DataError(f"{split_dir / INFO_FILE} names {len(classes)} classes but a sample has label "
+        raise DataError(f"{where}/{INFO_FILE} names {len(classes)} classes but a sample has label "
                         f"{int(labels_sorted.max())}")
     blob, ends = names_blob([names[i] for i in order])
-    return SampleIndex(list(classes), blob, ends, labels_sorted,
-                       shard_paths=[os.path.abspath(t) for t in tars],
+    return SampleIndex(list(classes), blob, ends, labels_sorted, shard_paths=shard_paths,
                        shard=np.array(shard, dtype=np.int32)[order],
                        offset=np.array(offsets, dtype=np.int64)[order],
                        size=np.array(sizes, dtype=np.int64)[order])

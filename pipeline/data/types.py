@@ -16,6 +16,11 @@ class DataError(RuntimeError):
     """A dataset problem the user must fix (missing folder, bad list, unreadable image)."""
 
 
+class RemoteUnavailable(RuntimeError):
+    """Object storage stopped answering mid-run, after bounded retries: not the data's fault, so
+    not a DataError (exit 1, and Slurm requeues; the resumed run continues from its checkpoint)."""
+
+
 class ShardMember(NamedTuple):
     """Where one sample's encoded image lies: a byte range of a tar file (`pipeline.data.shards`)."""
 

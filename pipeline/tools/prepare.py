@@ -1,7 +1,7 @@
 """`pipeline prepare`: ImageNet from the official archives (or Kaggle's copy), and any dataset as shards.
 
   pipeline prepare imagenet SRC --out DST [--format folder|shards] [--workers N] [--md5]
-  pipeline prepare shards SRC --out DST [--train-list F --val-list F]
+  pipeline prepare shards SRC --out DST [--train-list F --val-list F]   (DST may be s3://bucket/prefix)
 
 `imagenet` reads the archives in place (pipeline/data/archives.py), checks the labels and counts,
 and writes DST/train + DST/val as class folders or as WebDataset shards, plus DST/classes.txt
@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from pipeline.data import archives, writers
 from pipeline.data.archives import Dataset, Item
+from pipeline.data import object_store, upload
+from pipeline.data.object_store import ObjectUrl, is_remote
 from pipeline.data.shards import INFO_FILE, ShardMember, write_atomic
 from pipeline.data.types import DataError
 
@@ -42,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     shards.add_argument("--train-list", default="", help="train split as a file list ('<path> <label>' lines)")
     shards.add_argument("--val-list", default="", help="val split as a file list")
     for sub in (imagenet, shards):
-        sub.add_argument("--out", required=True, help="output folder (created; a rerun resumes)")
+        sub.add_argument("--out", required=True, help="output folder, or s3://bucket/prefix for shards (created; a rerun resumes and uploads only what is missing or changed)")
         sub.add_argument("--workers", type=int, default=0, help="writer processes (default: all cores)")
         sub.add_argument("--shard-mb", type=float, default=DEFAULT_SHARD_MB,
                          help=f"shard size in MB (default {DEFAULT_SHARD_MB}: ImageNet train in ~275 shards)")
@@ -62,7 +64,15 @@ def main(args: argparse.Namespace) -> int:
     counts = {split: len(items) for split, items in data.splits.items()}
     print(f"{data.layout}: {len(data.classes)} classes, {counts['train']:,} train / {counts['val']:,} val images; "
           f"writing {fmt} to {args.out}", file=sys.stderr, flush=True)
-    written, fixed = prepare(data, Path(args.out), fmt, args.workers or os.cpu_count() or 1, int(args.shard_mb * (1 << 20)))
+    remote = is_remote(args.out)
+    if remote and fmt != "shards":
+        raise DataError(f"--out {args.out}: object storage takes shards (--format shards), not class folders")
+    if remote:  # the endpoint and credentials are checked before any image is written
+        object_store.ensure_bucket(ObjectUrl.parse(args.out))
+    out = upload.staging_folder(args.out) if remote else Path(args.out)
+    written, fixed = prepare(data, out, fmt, args.workers or os.cpu_count() or 1, int(args.shard_mb * (1 << 20)))
+    if remote:
+        upload.upload_tree(out, args.out)
     print(json.dumps({"out": args.out, "format": fmt, "classes": len(data.classes), **counts,
                       "written": written, "reencoded": fixed}))
     return 0
