@@ -218,6 +218,11 @@ def test_two_ranks_with_two_workers_download_each_shard_once_per_node(s3_env, tm
     counts = Counter(row["key"] for row in ledger)
     assert len(counts) == SHARDS + 4 and set(counts.values()) == {1}, counts
     assert len({row["pid"] for row in ledger}) >= 2  # downloads came from more than one process
+    # No secret in what the run kept: config, metrics, logs, checkpoints, model card, W&B's offline files.
+    run = s3_env["runs"][2][0]
+    secret = s3_env["env"]["AWS_SECRET_ACCESS_KEY"].encode()
+    kept = [p for p in run.rglob("*") if p.is_file()]
+    assert len(kept) > 5 and not [p for p in kept if secret in p.read_bytes()]
 
 
 @pytest.mark.slow

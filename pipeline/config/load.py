@@ -234,8 +234,6 @@ def validate(cfg: RootConfig) -> None:
     for key in positive:
         if get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {get(cfg, key)}")
-    if cfg.data.cache_limit < 0:
-        raise ConfigError(f"config key 'data.cache_limit' is in bytes, >= 0 (0: no limit), got {cfg.data.cache_limit}")
     if min(cfg.data.std) <= 0:
         raise ConfigError(f"config key 'data.std' must be > 0 in every channel, got {list(cfg.data.std)}")
     if cfg.optim.lr <= 0:

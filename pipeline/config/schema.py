@@ -119,9 +119,10 @@ class DataConfig:
     shuffle: str = "auto"
     shuffle_window: int = 16  # blocks: shards per window (>= the largest world keeps each node on its own shards)
     # s3:// data: the node-local shard cache (pipeline/data/shard_cache.py). "": $SLURM_TMPDIR when
-    # set, else the user cache (~/.cache/resnet-pipeline). cache_limit in bytes, 0: no limit; a limit
-    # below what one window needs is refused at start with the smallest that works.
+    # set, else the user cache (~/.cache/resnet-pipeline).
     cache_dir: str = ""
+    # Bytes the shard cache may hold (oldest-used evicted first); 0: no limit. A limit below what one
+    # window needs is refused at start with the smallest that works.
     cache_limit: int = 0
     remote_retries: int = 5  # s3://: attempts per request (backoff 0.5 s doubling to 8 s), then exit 1
     # Repeated augmentation (Hoffer 2020; torchvision's RASampler, timm's RepeatAugSampler): each
