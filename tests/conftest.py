@@ -22,7 +22,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # heaviest first (longest processing time first: near the best split of the work over two workers);
 # the rest follow in collection order.
 MODULE_SECONDS = {"tests/test_elastic.py": 274, "tests/slurm/test_slurm.py": 267, "tests/test_distributed.py": 267,
-                  "tests/test_faults.py": 255, "tests/test_gpu_check.py": 202, "tests/test_train.py": 98,
+                  "tests/test_faults.py": 255, "tests/test_gpu_check.py": 202,
+                  "tests/test_object_store.py": 150, "tests/test_train.py": 98,
                   "tests/test_experiments.py": 81, "tests/test_tracking.py": 55, "tests/test_modern_recipes.py": 51,
                   "tests/test_numerics.py": 42, "tests/test_runlock.py": 40, "tests/test_export.py": 39}
 

@@ -47,13 +47,14 @@ def check_cache_limit(cfg: DataConfig, splits: dict[str, SampleIndex]) -> None:
     from pipeline.data.remote_shards import shard_sizes
 
     blocks = shuffle_mode(cfg) == "blocks"
-    needs = {name: shard_cache.smallest_limit(shard_sizes(index), cfg.shuffle_window if name == "train" else 1,
-                                              blocks)
+    ahead = {name: _lookahead_shards(cfg, index) for name, index in splits.items()}
+    needs = {name: shard_cache.smallest_limit(shard_sizes(index), (cfg.shuffle_window if name == "train" else 1)
+                                              + ahead[name], blocks)
              for name, index in splits.items()}
     need = max(needs.values())
     if cfg.cache_limit and cfg.cache_limit < need:
-        why = (f"a window of {cfg.shuffle_window} shards plus the next" if blocks
-               else "the whole split under data.shuffle=global")
+        why = (f"a window of {cfg.shuffle_window} shards, {ahead['train']} more the loader reads ahead, "
+               f"and the next" if blocks else "the whole split under data.shuffle=global")
         raise DataError(f"data.cache_limit={cfg.cache_limit} bytes cannot hold what a node reads at once "
                         f"({why}): the smallest limit that works is {need} bytes ({need / 2**30:.2f} GiB)")
     total = sum(sum(shard_sizes(index)) for index in splits.values())
@@ -81,3 +82,20 @@ def prefetcher(cfg: DataConfig, samples, train: bool) -> shard_cache.Prefetcher 
         largest = max(shard_sizes(samples)) or 1
         ahead = min(window, max(0, cfg.cache_limit // largest - window))
     return shard_cache.Prefetcher(samples.shard_paths, samples.shard, ahead)
+
+
+def _lookahead_shards(cfg: DataConfig, index: SampleIndex) -> int:
+    """Shards the loader reads ahead of the step being trained, over the node: torch's DataLoader
+    keeps workers x 4 batches in flight (none without workers), DALI its prefetch depth; a rank's
+    samples are every world-th position of the order, so L samples ahead span L x world positions."""
+    from pipeline.data.factory import resolve_backend
+    from pipeline.world import world_info_from_env
+
+    if resolve_backend(cfg) == "dali":
+        from pipeline.data.dali_graph import PREFETCH_DEPTH
+
+        batches = PREFETCH_DEPTH + 1
+    else:
+        batches = cfg.workers * 4
+    per_shard = max(1, len(index) // max(1, len(index.shard_paths)))
+    return -(-batches * cfg.batch_size * world_info_from_env().world_size // per_shard)
