@@ -63,6 +63,11 @@ print("RESULT " + json.dumps(out))
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def ledger(cache: Path) -> list[dict]:
     found = list(cache.rglob("ledger.jsonl"))
     return [json.loads(line) for f in found for line in f.read_text().splitlines()]
@@ -80,6 +85,7 @@ def loader_bench(args, server: SeaweedS3, local: Path) -> dict:
     for backend in args.backends:
         for source in ("local", "s3-100", "s3-30"):
             rows = []
+            server_cpu = _cpu_seconds(server.proc.pid)
             for repeat in range(args.repeats):
                 cache = work / f"{backend}-{source}-{repeat}"
                 shutil.rmtree(cache, ignore_errors=True)
@@ -90,7 +96,9 @@ def loader_bench(args, server: SeaweedS3, local: Path) -> dict:
                 extra.append(f"data.cache_limit={limits[source]}")
                 out = run_epochs(url, backend, extra, 2, cache)
                 rows.append((out, ledger(cache)))
-            record = {"start_s": [r["start_s"] for r, _ in rows]}
+            # The server shares this machine's cores with the loader: its CPU per repeat (2 epochs).
+            record = {"start_s": [r["start_s"] for r, _ in rows],
+                      "server_cpu_s_per_repeat": round((_cpu_seconds(server.proc.pid) - server_cpu) / args.repeats, 2)}
             for epoch in range(2):
                 rates = [r["epochs"][epoch]["images"] / r["epochs"][epoch]["s"] for r, _ in rows]
                 record[f"epoch{epoch + 1}_img_s"] = rates

@@ -122,6 +122,18 @@ def fetch(url: str) -> Path:
     return path
 
 
+def open_local(url: str) -> int:
+    """A read-only descriptor on the shard's local copy. Another process may evict it between the
+    fetch and the open (a tight limit): then it is fetched again."""
+    for attempt in range(3):
+        try:
+            return os.open(fetch(url), os.O_RDONLY)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _touch(url: str, path: Path) -> None:
     now = time.monotonic()
     if now - _touched.get(url, -10.0) >= 1.0:

@@ -51,14 +51,14 @@ def _shard_fd(tar: str) -> int:
     if fd is None:
         if len(_open) >= MAX_OPEN_SHARDS:  # more shards than descriptors: close the oldest
             os.close(_open.pop(next(iter(_open))))
-        path = tar
         if is_remote(tar):
             remote = [name for name in _open if is_remote(name)]
             if len(remote) >= MAX_OPEN_REMOTE:
                 os.close(_open.pop(remote[0]))
-            path = str(shard_cache.fetch(tar))
+            fd = _open[tar] = shard_cache.open_local(tar)
             _remote_checked[tar] = time.monotonic()
-        fd = _open[tar] = os.open(path, os.O_RDONLY)
+        else:
+            fd = _open[tar] = os.open(tar, os.O_RDONLY)
         OPENED["shards"] += 1
     return fd
 
