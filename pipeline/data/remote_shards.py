@@ -17,7 +17,8 @@ from pathlib import Path
 from pipeline.data import object_store, shard_cache
 from pipeline.data.object_store import ObjectUrl
 from pipeline.data.sample_index import SampleIndex, load_or_build
-from pipeline.data.shards import INFO_FILE, _labels, assemble_index, parse_index, scan_tar
+from pipeline.data.shard_columns import INFO_FILE, assemble_index, compact
+from pipeline.data.shards import _labels, parse_index, scan_tar
 from pipeline.data.types import DataError
 
 
@@ -77,7 +78,7 @@ def _build(split: ObjectUrl, tars, by_name) -> SampleIndex:
             samples = parse_index(object_store.read_object(where).decode(), where)
         else:  # no index object: read the tar's headers from the cached copy
             samples = scan_tar(shard_cache.fetch(url))
-        return url, (samples, _labels(url, tar.size, samples, listed.get(name)))
+        return url, compact(url, samples, _labels(url, tar.size, samples, listed.get(name)))
 
     # The indexes' GETs in parallel: each waits a round trip (10,000 shards in series at 20 ms: 200 s).
     with ThreadPoolExecutor(max_workers=INDEX_READERS) as pool:

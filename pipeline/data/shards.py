@@ -25,11 +25,10 @@ import numpy as np
 
 from pipeline.data import shard_cache
 from pipeline.data.object_store import is_remote
+from pipeline.data.shard_columns import IMAGE_EXTS, INFO_FILE, assemble_index, compact, sample_key  # noqa: F401 - re-exported
 from pipeline.data.sample_index import SampleIndex, cache_dir, load_or_build, names_blob
 from pipeline.data.types import DataError, ShardMember
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-INFO_FILE = "info.json"
 INDEX_VERSION = "v1.2"
 MAX_OPEN_SHARDS = 768  # below the usual 1,024 descriptors per process, with room for the rest
 
@@ -105,13 +104,6 @@ def read_bytes(ref: str | ShardMember) -> bytes:
     if len(data) != ref.size:
         raise OSError(truncated(ref, len(data)))
     return data
-
-
-def sample_key(member_name: str) -> tuple[str, str]:
-    """(key, extension) by the WebDataset rule: the key ends at the first dot of the last component."""
-    folder, _, base = member_name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
 def scan_tar(tar_path: Path) -> list[list[tuple[str, int, int, str]]]:
@@ -245,40 +237,9 @@ def scan_shards(split_dir: Path) -> tuple[list[str], SampleIndex]:
 def build_shard_index(split_dir: Path, tars: list[Path]) -> SampleIndex:
     info = read_info(split_dir)
     listed = {entry["name"]: entry for entry in info.get("shards", [])}
-    per_shard = []
+    columns = []
     for tar_path in tars:
         samples = shard_index(tar_path)
-        per_shard.append((samples, _labels(tar_path, tar_path.stat().st_size, samples, listed.get(tar_path.name))))
-    return assemble_index(str(split_dir), [os.path.abspath(t) for t in tars], per_shard, info)
-
-
-def assemble_index(where: str, shard_paths: list[str], per_shard, info: dict) -> SampleIndex:
-    """The split's SampleIndex from each shard's (index entries, labels), local or remote alike."""
-    names, keys, labels, shard, offsets, sizes = [], [], [], [], [], []
-    for number, (tar, (samples, shard_labels)) in enumerate(zip(shard_paths, per_shard)):
-        for parts, label in zip(samples, shard_labels):
-            image = next((p for p in parts if p[0] in IMAGE_EXTS), None)
-            if image is None:
-                raise DataError(f"shard {tar}: sample {sample_key(parts[0][3])[0]} has no image "
-                                f"(expected one of .{', .'.join(IMAGE_EXTS)})")
-            _, offset, size, name = image
-            names.append(name)
-            keys.append(sample_key(name)[0])
-            labels.append(label)
-            shard.append(number)
-            offsets.append(offset)
-            sizes.append(size)
-    if not names:
-        raise DataError(f"the shards in {where} hold no samples")
-    # By (label, key), stable: the folder layout's order whatever order the tars hold the samples in.
-    order = np.lexsort((np.array(keys), np.array(labels, dtype=np.int64)))
-    labels_sorted = np.array(labels, dtype=np.int32)[order]
-    classes = info.get("classes") or [str(i) for i in range(int(labels_sorted.max()) + 1)]
-    if int(labels_sorted.max()) >= len(classes):
-        raise DataError(f"{where}/{INFO_FILE} names {len(classes)} classes but a sample has label "
-                        f"{int(labels_sorted.max())}")
-    blob, ends = names_blob([names[i] for i in order])
-    return SampleIndex(list(classes), blob, ends, labels_sorted, shard_paths=shard_paths,
-                       shard=np.array(shard, dtype=np.int32)[order],
-                       offset=np.array(offsets, dtype=np.int64)[order],
-                       size=np.array(sizes, dtype=np.int64)[order])
+        labels = _labels(tar_path, tar_path.stat().st_size, samples, listed.get(tar_path.name))
+        columns.append(compact(str(tar_path), samples, labels))
+    return assemble_index(str(split_dir), [os.path.abspath(t) for t in tars], columns, info)
