@@ -18,6 +18,16 @@ def test_imagenet_parameter_counts_match_torchvision(name):
     assert count_parameters(build_model(ModelConfig(name=name))) == TORCHVISION_PARAMS[name]
 
 
+WIDER = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+@pytest.mark.parametrize("name", WIDER)
+def test_resnext_and_wide_resnets_have_torchvisions_parameter_count(name):
+    """The count torchvision's published weights state (their metadata, as installed)."""
+    published = torchvision.models.get_model_weights(name).IMAGENET1K_V1.meta["num_params"]
+    assert count_parameters(build_model(ModelConfig(name=name))) == published
+
+
 @pytest.mark.parametrize("name", list(PAPER_MILLIONS))
 def test_cifar_parameter_counts_match_papers(name):
     n = count_parameters(build_model(ModelConfig(name=name)))
@@ -39,7 +49,7 @@ def test_plain_twins_have_no_shortcut():
     assert block.downsample is None
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_torchvision_weights_load_strictly_with_identical_outputs(name):
     torch.manual_seed(0)
     ref = getattr(torchvision.models, name)(num_classes=1000).eval()

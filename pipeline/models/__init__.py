@@ -57,6 +57,16 @@ for _depth, (_layers, _bottleneck) in _IMAGENET.items():
         _register(f"preact_resnet{_depth}", "imagenet", "He 2016 (pre-act)", layers=_layers,
                   bottleneck=True, activation="full_preact")
 
+# ResNeXt (Xie 2017, Table 1: cardinality x bottleneck width) and Wide ResNets (Zagoruyko 2016: the
+# bottleneck's inner width doubled), ImageNet trunks as torchvision names and builds them.
+for _name, (_layers, _groups, _base) in {"resnext50_32x4d": ((3, 4, 6, 3), 32, 4),
+                                         "resnext101_32x8d": ((3, 4, 23, 3), 32, 8),
+                                         "resnext101_64x4d": ((3, 4, 23, 3), 64, 4),
+                                         "wide_resnet50_2": ((3, 4, 6, 3), 1, 128),
+                                         "wide_resnet101_2": ((3, 4, 23, 3), 1, 128)}.items():
+    _register(_name, "imagenet", "Xie 2017" if _name.startswith("resnext") else "Zagoruyko 2016",
+              layers=_layers, bottleneck=True, groups=_groups, base_width=_base)
+
 # CIFAR ResNets 6n+2, 16/32/64 channels, option A (He 2015 Table 6), and their plain twins.
 _CIFAR = (16, 32, 64)
 for _depth in (20, 32, 44, 56, 110, 1202):

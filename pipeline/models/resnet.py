@@ -1,4 +1,5 @@
-"""Residual networks from "Deep Residual Learning" (He 2015) and "Identity Mappings" (He 2016).
+"""Residual networks from "Deep Residual Learning" (He 2015) and "Identity Mappings" (He 2016),
+and the bottleneck's grouped (ResNeXt, Xie 2017) and widened (Wide ResNet, Zagoruyko 2016) 3x3.
 
 One block class covers basic (3x3-3x3) and bottleneck (1x1-3x3-1x1) units; the paper ablations
 are options of that block, not copied classes:
@@ -57,8 +58,8 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
 
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+def conv3x3(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -73,7 +74,7 @@ class ResidualBlock(nn.Module):
     """
 
     def __init__(self, in_ch: int, width: int, stride: int, bottleneck: bool, opts: BlockOptions,
-                 drop_path: float = 0.0) -> None:
+                 drop_path: float = 0.0, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
         self.opts = opts
         # Stochastic depth: timm's DropPath on the residual branch (no parameters, no state-dict keys).
@@ -84,14 +85,17 @@ class ResidualBlock(nn.Module):
 
         # Residual branch F(x): channel plan conv_i: chans[i] -> chans[i+1].
         if bottleneck:
-            chans = [in_ch, width, width, out_ch]
+            # ResNeXt (Xie 2017) and Wide ResNets (Zagoruyko 2016) as torchvision builds them: the 3x3
+            # is `groups` groups of width * base_width / 64 channels each.
+            inner = int(width * (base_width / 64.0)) * groups
+            chans = [in_ch, inner, inner, out_ch]
             strides = [1, stride, 1] if opts.stride_on_3x3 else [stride, 1, 1]
             kernels = [1, 3, 1]
         else:
             chans, strides, kernels = [in_ch, width, out_ch], [stride, 1], [3, 3]
         self.num_convs = len(kernels)
         for i, (k, s) in enumerate(zip(kernels, strides), start=1):
-            conv = conv3x3(chans[i - 1], chans[i], s) if k == 3 else conv1x1(chans[i - 1], chans[i], s)
+            conv = conv3x3(chans[i - 1], chans[i], s, groups) if k == 3 else conv1x1(chans[i - 1], chans[i], s)
             setattr(self, f"conv{i}", conv)
             # full pre-activation normalizes the conv's input; every other unit its output
             # ("bn_after_add" reuses the last norm after the addition, so its width is out_ch too).
@@ -190,8 +194,12 @@ class ResNet(nn.Module):
         drop_rate: float = 0.0,
         zero_init_last: bool = False,
         drop_path_rate: float = 0.0,
+        groups: int = 1,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
+        if (groups, base_width) != (1, 64) and not bottleneck:
+            raise ValueError("groups and base_width widen the bottleneck's 3x3: basic blocks have none")
         if drop_path_rate > 0 and opts.shortcut == "none":
             raise ValueError("model.drop_path_rate needs a shortcut: a plain network has no identity path to keep")
         preact = opts.activation in PREACT
@@ -214,7 +222,7 @@ class ResNet(nn.Module):
                 stride = 2 if (stage > 1 and b == 0) else 1
                 # timm's rule (resnet.py drop_blocks/make_blocks): the rate grows linearly with depth.
                 rate = drop_path_rate * block_index / max(1, num_blocks - 1)
-                blocks.append(ResidualBlock(in_ch, width, stride, bottleneck, opts, rate))
+                blocks.append(ResidualBlock(in_ch, width, stride, bottleneck, opts, rate, groups, base_width))
                 block_index += 1
                 in_ch = width * (4 if bottleneck else 1)
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
