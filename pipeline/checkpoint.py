@@ -120,6 +120,21 @@ def list_checkpoints(run_dir: str | Path, layout: str | None = None) -> list[Pat
     return sorted(found, key=_step_of, reverse=True)
 
 
+def resolve(path: str | Path) -> Path:
+    """What a user may give for a checkpoint: a run directory (its newest checkpoint, either layout),
+    or a step-*.pt file or ds-step-* folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint or run directory not found: {path}")
+    if path.is_dir() and layout_of(path) is None:
+        found = list_checkpoints(path)
+        if not found:
+            raise CheckpointError(f"no checkpoint in run directory {path} (looked for step-*.pt files and "
+                                  f"ds-step-*/ folders in {checkpoint_dir(path)})")
+        return found[0]
+    return path
+
+
 def prune(run_dir: str | Path, keep: int, layout: str) -> None:
     """Keep the newest `keep` (at least one) checkpoints of a layout: trainer.keep_checkpoints."""
     for old in list_checkpoints(run_dir, layout)[max(1, keep):]:

@@ -29,7 +29,7 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     _add_config_arguments(p)
-    p.add_argument("--checkpoint", help="checkpoint: a step-*.pt file or a DeepSpeed ds-step-* folder "
+    p.add_argument("--checkpoint", help="checkpoint: a run directory (its newest), a step-*.pt file or a DeepSpeed ds-step-* folder "
                                         "(default: newest in trainer.run_dir)")
 
 

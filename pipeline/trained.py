@@ -27,15 +27,7 @@ class TrainedModel:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory means its newest checkpoint; a step-*.pt file or ds-step-* folder itself."""
-    path = Path(path)
-    if not path.exists():
-        raise ckpt.CheckpointError(f"checkpoint or run directory not found: {path}")
-    if path.is_dir() and ckpt.layout_of(path) is None:
-        found = ckpt.list_checkpoints(path)
-        if not found:
-            raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(path)} (is {path} a run directory?)")
-        return found[0]
-    return path
+    return ckpt.resolve(path)
 
 
 def load_trained(path: str | Path, raw: bool = False) -> TrainedModel:

@@ -83,10 +83,12 @@ def test_train_help_lists_every_key_from_the_schema():
     assert [k.key for k in keys if not k.doc] == []  # every field in schema.py carries its comment
     text = run_cli("train", "--help", quick=True, check=True).stdout
     for item in keys:
-        section, _, leaf = item.key.rpartition(".")
+        section = item.key.rpartition(".")[0]
         assert f"\n  {section or 'top level'}:" in text
-        assert f"    {leaf} ({item.type}, default " in text, item.key
-    assert "    lr (float, default 0.4): " in text and "linear scaling" in text.lower()
+        assert f"    {item.key} ({item.type}, default " in text, item.key  # dotted, as typed and grepped
+    assert "    optim.lr (float, default 0.4): " in text and "linear scaling" in text.lower()
+    keys_out = run_cli("config", "--keys", quick=True, check=True).stdout
+    assert [line for line in keys_out.splitlines() if "data.auto_augment" in line][0].startswith("    data.auto_augment (str")
 
 
 def test_pipeline_config_prints_what_would_run_and_its_diff(tmp_path):

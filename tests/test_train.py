@@ -87,6 +87,17 @@ def test_eval_command_reproduces_final_accuracy(tmp_path, demo_data):
                    "trainer.tta_flip=true", check=True)
     tta = json.loads(proc.stdout.strip().splitlines()[-1])
     assert tta["val/samples"] == 130 and tta["val/loss"] != pytest.approx(result["val/loss"])
+    # Every command that takes a checkpoint takes the run directory too (its newest checkpoint), and
+    # names what it looked for where there is none.
+    proc = run_cli("eval", *FAST, f"data.path={demo_data}", "--checkpoint", str(run), check=True)
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["val/top1"] == result["val/top1"]
+    parity = run_cli("eval-parity", *FAST, f"data.path={demo_data}", "--checkpoint", str(run))
+    assert parity.returncode in (0, 1) and f"checkpoint {run / 'checkpoints'}/step-" in parity.stdout, parity.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("eval", *FAST, f"data.path={demo_data}", "--checkpoint", str(tmp_path / "empty"), quick=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: no checkpoint in run directory {tmp_path / 'empty'} (looked for step-*.pt files and ds-step-*/ "
+        f"folders in {tmp_path / 'empty' / 'checkpoints'})")
 
 
 @pytest.mark.parametrize("options", [

@@ -58,12 +58,13 @@ def help_text() -> str:
     """Grouped by section, for `pipeline train --help` and friends."""
     lines, section = ["config keys (set with key=value, or in the YAML given to --config):"], None
     for item in describe():
-        top, _, leaf = item.key.rpartition(".")
+        top = item.key.rpartition(".")[0]
         if (top or "top level") != section:
             section = top or "top level"
             lines.append(f"\n  {section}:")
         default = repr(item.default) if isinstance(item.default, str) else item.default
-        lines.append(f"    {leaf} ({item.type}, default {default})" + (f": {item.doc}" if item.doc else ""))
+        # The dotted name on every line: what users type (data.auto_augment=...) and grep for.
+        lines.append(f"    {item.key} ({item.type}, default {default})" + (f": {item.doc}" if item.doc else ""))
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ BACKENDS = ("dali", "torchvision")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML config file (the run's config.yaml, for example)")
-    p.add_argument("--checkpoint", help="a step-*.pt file or a DeepSpeed ds-step-* folder (default: newest in "
+    p.add_argument("--checkpoint", help="a run directory, a step-*.pt file or a DeepSpeed ds-step-* folder (default: newest in "
                                         "trainer.run_dir)")
     p.add_argument("--max-gap", type=float, default=0.3, help="largest top-1 difference in points that passes")
 
@@ -55,7 +55,7 @@ def parity(cfg: RootConfig, checkpoint: str | None) -> dict:
         raise ConfigError("pipeline eval-parity runs as one process: start it without torchrun or srun")
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
-    path, state = ((Path(checkpoint), ckpt.load_checkpoint(checkpoint)) if checkpoint
+    path, state = ((ckpt.resolve(checkpoint), ckpt.load_checkpoint(ckpt.resolve(checkpoint))) if checkpoint
                    else ckpt.load_latest(cfg.trainer.run_dir) or (None, None))
     if state is None:
         raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(cfg.trainer.run_dir)}")

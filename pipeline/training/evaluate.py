@@ -62,8 +62,9 @@ def run_eval(cfg: RootConfig, checkpoint: str | None) -> dict:
     dist_utils.init_process_group(world, rt.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     rt = agree_on_numerics(rt)
     try:
-        if checkpoint:  # a step-*.pt file or a DeepSpeed ds-step-* folder
-            path, state = Path(checkpoint), ckpt.load_checkpoint(checkpoint)
+        if checkpoint:  # a run directory, a step-*.pt file or a DeepSpeed ds-step-* folder
+            path = ckpt.resolve(checkpoint)
+            state = ckpt.load_checkpoint(path)
         else:
             found = ckpt.load_latest(cfg.trainer.run_dir)
             if found is None:
