@@ -172,3 +172,18 @@ def test_each_rand_op_differs_from_timm_within_its_bound(images, monkeypatch):
         measured[name] = float(np.mean([np.abs(o.astype(float) - r.astype(float)).mean() for o, r in zip(outs, refs)]))
     print("per-op mean |DALI - timm| at level 7:", {k: round(v, 2) for k, v in measured.items()})
     assert all(measured[name] <= 1.5 * RAND_MEASURED[name] + 0.1 for name in names), measured
+
+
+@pytest.mark.parametrize("policy", ["ta_wide", "autoaug", "rand-m9-mstd0.5-inc1"])
+def test_no_deprecated_dali_operator_in_a_policy_graph(images, policy):
+    """DALI 2.x deprecates fn.experimental.equalize and .filter, which its own equalize and sharpness
+    augmentations call: every graph with a policy printed 2-4 DeprecationWarnings to the terminal."""
+    import warnings
+
+    cfg = load_config(None, [f"data.auto_augment={policy}"]).data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _policy_graph(cfg, images, [np.zeros(8, dtype=np.int32)] * len(images), SIZE, batch_size=len(images)).build()
+    deprecated = [str(w.message).splitlines()[0] for w in caught if issubclass(w.category, DeprecationWarning)
+                  and "nvidia.dali" in str(w.message)]
+    assert deprecated == []

@@ -50,10 +50,34 @@ def _tables_outside_autograph() -> None:
 _tables_outside_autograph()
 
 
+def _current_operators():
+    """DALI's `equalize` and `sharpness` augmentations call fn.experimental.equalize and .filter,
+    which DALI 2.x deprecates (a DeprecationWarning on every graph built with a policy). The same
+    augmentations on the current operators where the installed DALI has them; DALI's own elsewhere."""
+    from nvidia.dali import fn
+    from nvidia.dali.auto_aug.core import augmentation
+
+    if not (hasattr(fn, "equalize") and hasattr(fn, "filter")):
+        return a.equalize, a.sharpness
+
+    @augmentation
+    def equalize(data, _):
+        return fn.equalize(data)
+
+    @augmentation(mag_range=(0, 0.9), randomly_negate=True, mag_to_param=a.sharpness_kernel, param_device="auto")
+    def sharpness(data, kernel):
+        return fn.filter(data, kernel)
+
+    return equalize, sharpness
+
+
+EQUALIZE, SHARPNESS = _current_operators()
+
+
 def _tv_augmentation(name: str, magnitudes, signed: bool):
     """The DALI augmentation doing torchvision's op `name` over torchvision's own magnitude table
     (an explicit array of DALI's custom magnitudes: the same numbers bin for bin)."""
-    fixed = {"Identity": a.identity, "AutoContrast": a.auto_contrast, "Equalize": a.equalize, "Invert": a.invert}
+    fixed = {"Identity": a.identity, "AutoContrast": a.auto_contrast, "Equalize": EQUALIZE, "Invert": a.invert}
     if name in fixed or magnitudes is None:
         return fixed[name]
     table = np.asarray(magnitudes, dtype=np.float32)
@@ -64,7 +88,7 @@ def _tv_augmentation(name: str, magnitudes, signed: bool):
     ops = {"ShearX": (a.shear_x, None), "ShearY": (a.shear_y, None), "Rotate": (a.rotate, None),
            "TranslateX": (a.translate_x_no_shape, None), "TranslateY": (a.translate_y_no_shape, None),
            "Brightness": (a.brightness, a.shift_enhance_range), "Color": (a.color, a.shift_enhance_range),
-           "Contrast": (a.contrast, a.shift_enhance_range), "Sharpness": (a.sharpness, a.sharpness_kernel)}
+           "Contrast": (a.contrast, a.shift_enhance_range), "Sharpness": (SHARPNESS, a.sharpness_kernel)}
     op, to_param = ops[name]
     if name.startswith("Shear"):  # DALI's shear matrix leans the other way for the same factor
         table = -table
@@ -118,16 +142,16 @@ def rand_suite(cfg: DataConfig, size: int) -> list:
         solarize = a.solarize.augmentation(scale, False, lambda L: np.float32(256 - int(L / 10 * 256)))
         enhance = {op: op.augmentation((0, 0.9), True, to) for op, to in (
             (a.color, a.shift_enhance_range), (a.contrast, a.shift_enhance_range),
-            (a.brightness, a.shift_enhance_range), (a.sharpness, a.sharpness_kernel))}
+            (a.brightness, a.shift_enhance_range), (SHARPNESS, a.sharpness_kernel))}
     else:
         posterize = a.posterize.augmentation(scale, False, _timm_posterize_mask(lambda L: int(L / 10 * 4)))
         solarize = a.solarize.augmentation(scale, False, lambda L: np.float32(int(L / 10 * 256)))
         enhance = {op: op.augmentation((0.1, 1.9), False, to) for op, to in (
-            (a.color, None), (a.contrast, None), (a.brightness, None), (a.sharpness, a.sharpness_kernel_shifted))}
+            (a.color, None), (a.contrast, None), (a.brightness, None), (SHARPNESS, a.sharpness_kernel_shifted))}
     translate = 0.45 * size  # TranslateXRel/YRel: 45% of the image side (timm's translate_pct)
-    return [a.auto_contrast, a.equalize, a.invert, a.rotate.augmentation((0, 30), True), posterize, solarize,
+    return [a.auto_contrast, EQUALIZE, a.invert, a.rotate.augmentation((0, 30), True), posterize, solarize,
             a.solarize_add.augmentation(scale, False, lambda L: np.uint8(int(L / 10 * 110))),
-            enhance[a.color], enhance[a.contrast], enhance[a.brightness], enhance[a.sharpness],
+            enhance[a.color], enhance[a.contrast], enhance[a.brightness], enhance[SHARPNESS],
             # PIL's affine maps output to input: shears and shifts lean the other way in DALI's forward maps.
             a.shear_x.augmentation((0, -0.3), True), a.shear_y.augmentation((0, -0.3), True),
             a.translate_x_no_shape.augmentation((0, -translate), True),
