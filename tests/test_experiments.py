@@ -48,8 +48,8 @@ def test_expected_numbers_match_the_papers_tables():
     numbers = set(re.findall(r"\d+\.\d+", text))
     checked = 0
     for path in CONFIGS:
-        if any(k in path.name for k in ("_fast_", "_tv2", "_rsb_")):  # FFCV's, torchvision's and timm's
-            continue  # tables: checked in tests/test_fast_recipes.py and tests/test_modern_recipes.py
+        if any(k in path.name for k in ("_fast_", "_tv2", "_rsb_", "wrn")):  # FFCV's, torchvision's, timm's
+            continue  # and the WRN authors' tables: checked in test_fast_recipes.py, test_modern_recipes.py and below
         expected = load_config(path).expected
         value = expected.get("value")
         if isinstance(value, float):
@@ -89,3 +89,20 @@ def test_sweep_dry_run_and_compare_shows_paper_numbers(tmp_path, demo_data):
                   "--out", str(tmp_path / "c.png"), check=True).stdout
     assert "6.61" in out and "12.35" in out  # the paper's test errors beside the runs
     assert "model.shortcut" in out.splitlines()[0]
+
+
+# The authors' README (szagoruyko/wide-residual-networks): test error %, meanstd, median of 5 runs.
+WRN_README = {("cifar10", "wrn28_10"): 4.00, ("cifar10", "wrn28_10_dropout"): 3.89,
+              ("cifar100", "wrn28_10"): 19.25, ("cifar100", "wrn28_10_dropout"): 18.85}
+
+
+def test_wide_resnet_configs_carry_the_authors_recipe_and_numbers():
+    for (dataset, name), error in WRN_README.items():
+        cfg = load_config(REPO / "configs" / dataset / f"{name}.yaml")
+        assert cfg.expected["value"] == error and cfg.data.dataset == dataset
+        assert cfg.model.block_dropout == (0.3 if name.endswith("dropout") else 0.0)
+        o = cfg.optim
+        assert (cfg.data.batch_size, o.lr, o.momentum, o.nesterov, o.weight_decay, o.decay_norm_and_bias) == \
+            (128, 0.1, 0.9, True, 5e-4, True)
+        assert (o.milestones, o.milestones_in, o.gamma, cfg.trainer.epochs, cfg.data.cifar_holdout) == \
+            ((60, 120, 160), "epochs", 0.2, 200, 0)

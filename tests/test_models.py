@@ -109,3 +109,30 @@ def test_timm_model_by_name():
 def test_unknown_model_suggests():
     with pytest.raises(ValueError, match="did you mean 'resnet50'"):
         build_model(ModelConfig(name="resnt50"))
+
+
+# Zagoruyko 2016: WRN-28-10 36.5M, WRN-40-4 8.9M, WRN-16-8 11.0M parameters (CIFAR-10).
+WRN_MILLIONS = {"wrn28_10": 36.5, "wrn40_4": 8.9, "wrn16_8": 11.0}
+
+
+@pytest.mark.parametrize("name", list(WRN_MILLIONS))
+def test_cifar_wide_resnets_have_the_papers_size(name):
+    model = build_model(ModelConfig(name=name))
+    assert round(count_parameters(model) / 1e6, 1) == WRN_MILLIONS[name]
+    assert model.conv1.out_channels == 16 and isinstance(model.bn1, torch.nn.Identity)  # the bare 16-channel stem
+
+
+def test_wide_resnet_dropout_sits_between_the_convs_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="wrn16_8", block_dropout=0.3))
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    a, b = model(x), model(x)
+    assert not torch.equal(a, b)  # a new dropout mask each pass
+    a.sum().backward()
+    assert model.layer1[0].conv2.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    plain = build_model(ModelConfig(name="wrn16_8"))
+    assert count_parameters(plain) == count_parameters(model)  # dropout adds no parameters

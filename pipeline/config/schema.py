@@ -32,6 +32,9 @@ class ModelConfig:
     residual_scale: float = 0.5  # "scaling": multiplier of the residual path
     gate_bias_init: float = -6.0  # "gating"/"shortcut_gating": 1x1 conv gate bias at init
     shortcut_dropout: float = 0.5  # "dropout": drop probability on the shortcut
+    # Dropout between the two convs of a pre-activation unit, after its BN-ReLU (the Wide ResNets'
+    # dropout, 0.3 in their best CIFAR runs); 0: none.
+    block_dropout: float = 0.0
     zero_init_last: bool = False  # zero the last BN gamma of each residual branch (Goyal 2017)
     drop_rate: float = 0.0  # dropout before the classifier
     frozen_bn: bool = False  # BatchNorm uses its running statistics in training too (fine-tuning)

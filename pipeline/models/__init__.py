@@ -67,6 +67,13 @@ for _name, (_layers, _groups, _base) in {"resnext50_32x4d": ((3, 4, 6, 3), 32, 4
     _register(_name, "imagenet", "Xie 2017" if _name.startswith("resnext") else "Zagoruyko 2016",
               layers=_layers, bottleneck=True, groups=_groups, base_width=_base)
 
+# CIFAR Wide ResNets WRN-d-k (Zagoruyko 2016; the authors' models/wide-resnet.lua): a 16-channel conv,
+# then three stages of (d - 4) / 6 pre-activation basic units at 16k, 32k, 64k channels, a 1x1
+# projection where the shape changes, BN-ReLU before pooling; model.block_dropout adds their dropout.
+for _depth, _k in ((28, 10), (40, 4), (16, 8)):
+    _register(f"wrn{_depth}_{_k}", "cifar", "Zagoruyko 2016", layers=((_depth - 4) // 6,) * 3, bottleneck=False,
+              widths=(16 * _k, 32 * _k, 64 * _k), stem_width=16, activation="full_preact", projection="B")
+
 # CIFAR ResNets 6n+2, 16/32/64 channels, option A (He 2015 Table 6), and their plain twins.
 _CIFAR = (16, 32, 64)
 for _depth in (20, 32, 44, 56, 110, 1202):

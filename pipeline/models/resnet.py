@@ -1,5 +1,6 @@
 """Residual networks from "Deep Residual Learning" (He 2015) and "Identity Mappings" (He 2016),
-and the bottleneck's grouped (ResNeXt, Xie 2017) and widened (Wide ResNet, Zagoruyko 2016) 3x3.
+the bottleneck's grouped (ResNeXt, Xie 2017) and widened (Wide ResNet, Zagoruyko 2016) 3x3, and the
+CIFAR Wide ResNets (pre-activation basic units, widened stages, dropout between the convs).
 
 One block class covers basic (3x3-3x3) and bottleneck (1x1-3x3-1x1) units; the paper ablations
 are options of that block, not copied classes:
@@ -36,12 +37,16 @@ class BlockOptions:
     residual_scale: float = 0.5
     gate_bias_init: float = -6.0
     shortcut_dropout: float = 0.5
+    block_dropout: float = 0.0  # dropout between a unit's convs, after the BN-ReLU (Wide ResNets: 0.3)
 
     def __post_init__(self) -> None:
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"unknown shortcut '{self.shortcut}', expected one of {', '.join(SHORTCUTS)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{self.activation}', expected one of {', '.join(ACTIVATIONS)}")
+        if self.block_dropout and self.activation != "full_preact":
+            raise ValueError("model.block_dropout is the pre-activation unit's dropout (Wide ResNets): it needs "
+                             f"model.activation=full_preact, not {self.activation}")
 
 
 class ZeroPadShortcut(nn.Module):
@@ -132,7 +137,11 @@ class ResidualBlock(nn.Module):
             conv, bn = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
             last = i == self.num_convs
             if act == "full_preact":
-                out = conv(out if i == 1 else self.relu(bn(out)))  # unit 1's BN-ReLU is done in forward
+                if i > 1:  # unit 1's BN-ReLU is done in forward
+                    out = self.relu(bn(out))
+                    if self.opts.block_dropout > 0:  # WRN: dropout between the convs
+                        out = F.dropout(out, self.opts.block_dropout, self.training)
+                out = conv(out)
             elif act == "relu_only_preact":
                 out = bn(conv(F.relu(out) if i == 1 else out))  # not in place: x is also the shortcut
                 out = out if last else self.relu(out)
@@ -196,6 +205,7 @@ class ResNet(nn.Module):
         drop_path_rate: float = 0.0,
         groups: int = 1,
         base_width: int = 64,
+        stem_width: int = 0,  # 0: the first stage's width (WRN's stem stays at 16 while the stages widen)
     ) -> None:
         super().__init__()
         if (groups, base_width) != (1, 64) and not bottleneck:
@@ -203,7 +213,7 @@ class ResNet(nn.Module):
         if drop_path_rate > 0 and opts.shortcut == "none":
             raise ValueError("model.drop_path_rate needs a shortcut: a plain network has no identity path to keep")
         preact = opts.activation in PREACT
-        stem_width = widths[0]
+        stem_width = stem_width or widths[0]
         if cifar_stem:
             self.conv1 = conv3x3(3, stem_width)
             self.maxpool: nn.Module = nn.Identity()
