@@ -331,3 +331,22 @@ def test_a_server_that_dies_mid_run_stops_it_with_exit_1_and_a_rerun_resumes_to_
     assert sorted(b) == list(range(1, 13)) and all(a[k] == b[k] for k in range(1, 13)), (a, b)
     assert json.loads((run / "summary.json").read_text())["final/val/top1"] == \
         json.loads((straight / "summary.json").read_text())["final/val/top1"]
+
+
+def test_imagenet_archives_prepared_into_the_store_and_checked_there(s3_env, demo_data, tmp_path):
+    """`prepare imagenet --format shards --out s3://` from the official archives' layout, then
+    `check-data s3://`: the classes and images counted from the indexes, every image decoded through
+    the cache; a folder format into the store is refused in one line."""
+    from tests import imagenet_archives
+
+    imagenet_archives.build(demo_data, tmp_path / "archives")
+    target = "s3://pipeline-data/imagenet"
+    proc = run_cli("prepare", "imagenet", str(tmp_path / "archives" / "official"), "--out", target, "--format",
+                   "shards", "--shard-mb", "0.3", "--workers", "1", quick=True)
+    assert proc.returncode == 0 and "file(s) uploaded to s3://pipeline-data/imagenet, 0 already there" in proc.stderr
+    check = run_cli("check-data", target, "--workers", "1", quick=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "train: 10 classes, 400 images" in check.stdout and "val: 10 classes, 130 images" in check.stdout
+    assert check.stdout.strip().endswith("ok")
+    folder = run_cli("prepare", "imagenet", str(tmp_path / "archives" / "official"), "--out", target, quick=True)
+    assert folder.returncode == 2 and _one_line_error(folder).endswith("not class folders")
