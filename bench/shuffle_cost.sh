@@ -9,7 +9,7 @@ py="${PIPELINE_PYTHON:-.venv/bin/python}"
 mkdir -p "$out"
 [ -d "$out/demo" ] || "$py" -m pipeline make-demo-data "$out/demo" >/dev/null
 [ -d "$out/shards/train" ] || "$py" -m pipeline prepare shards "$out/demo" --out "$out/shards" --shard-mb 0.2 >/dev/null 2>&1
-echo "train shards: $(ls "$out/shards/train"/*.tar | wc -l)"
+echo "train shards: $(find "$out/shards/train" -name '*.tar' | wc -l)"
 for seed in 0 1 2; do
   for order in global blocks; do
     run="$out/run-$order-$seed"

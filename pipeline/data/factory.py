@@ -1,13 +1,13 @@
 """The only place that picks and imports a data backend: `build_data` returns train/val loaders."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 
 from pipeline.config import DataConfig
 from pipeline.config.preflight import missing_dataset
+from pipeline.data.backend import resolve_backend
 from pipeline.data.labels import check_num_classes, display_names
 from pipeline.data.planned import TorchLoader
 from pipeline.data.object_store import is_remote
@@ -16,19 +16,6 @@ from pipeline.data.sampler import ShardPlan
 from pipeline.data.streaming import plan_order
 from pipeline.data.synthetic import SyntheticLoader
 from pipeline.data.types import DataBundle, DataError, Placement
-
-
-def dali_available() -> bool:
-    return importlib.util.find_spec("nvidia.dali") is not None
-
-
-def resolve_backend(cfg: DataConfig) -> str:
-    if cfg.dataset == "synthetic" or cfg.backend == "synthetic":
-        return "synthetic"
-    if cfg.backend == "auto":
-        # DALI reads the ImageNet folder layout; CIFAR's in-memory arrays stay on torchvision.
-        return "dali" if cfg.dataset == "imagefolder" and dali_available() else "torchvision"
-    return cfg.backend
 
 
 def build_data(cfg: DataConfig, placement: Placement, seed: int, num_classes: int = 0) -> DataBundle:

@@ -88,7 +88,7 @@ def _lookahead_shards(cfg: DataConfig, index: SampleIndex) -> int:
     """Shards the loader reads ahead of the step being trained, over the node: torch's DataLoader
     keeps workers x 4 batches in flight (none without workers), DALI its prefetch depth; a rank's
     samples are every world-th position of the order, so L samples ahead span L x world positions."""
-    from pipeline.data.factory import resolve_backend
+    from pipeline.data.backend import resolve_backend
     from pipeline.world import world_info_from_env
 
     if resolve_backend(cfg) == "dali":
