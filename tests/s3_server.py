@@ -77,9 +77,14 @@ class SeaweedS3:
                               aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"],
                               config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                                             connect_timeout=1, read_timeout=3))
-        try:
+        try:  # S3 answering is not enough: after a restart the volume server may still be loading
             client.list_buckets()
-            return True
+            try:
+                client.create_bucket(Bucket="ready-probe")
+            except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                pass
+            client.put_object(Bucket="ready-probe", Key="probe", Body=b"ok")
+            return client.get_object(Bucket="ready-probe", Key="probe")["Body"].read() == b"ok"
         except Exception:  # noqa: BLE001 - not up yet
             return False
 

@@ -307,10 +307,10 @@ def test_a_server_that_dies_mid_run_stops_it_with_exit_1_and_a_rerun_resumes_to_
         s3_env, tmp_path_factory, tmp_path):
     straight = _straight(s3_env, tmp_path_factory, 1)
     run = tmp_path / "run"
-    common = [*_common(s3_env, run), "trainer.checkpoint_every=2", "data.remote_retries=2"]
+    common = [*_common(s3_env, run), "trainer.checkpoint_every=2"]
     env = {**os.environ, **s3_env["env"], "PIPELINE_S3_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
            "PIPELINE_FAULT_SLOW_BATCH": "0.3"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *common], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", *common, "data.remote_retries=2"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list((run / "checkpoints").glob("*")) and time.monotonic() < deadline and proc.poll() is None:
