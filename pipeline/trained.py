@@ -25,14 +25,9 @@ class TrainedModel:
     weights: str  # "ema" or "raw"
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its newest checkpoint; a step-*.pt file or ds-step-* folder itself."""
-    return ckpt.resolve(path)
-
-
 def load_trained(path: str | Path, raw: bool = False) -> TrainedModel:
     """The EMA weights when the run kept an EMA (unless raw), else the trained ones."""
-    source = resolve_checkpoint(path)
+    source = ckpt.resolve(path)
     state = ckpt.load_checkpoint(source)
     if not isinstance(state.get("config"), dict):
         raise ckpt.CheckpointError(f"checkpoint {source} carries no config: not written by this pipeline")

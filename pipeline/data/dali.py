@@ -32,6 +32,7 @@ from pipeline.data.planned import PlannedLoader
 from pipeline.data.resolution import train_size, val_size
 from pipeline.data.sample_index import SampleIndex
 from pipeline.data.sampler import ShardPlan
+from pipeline.data.shard_cache import followed
 from pipeline.data.streaming import plan_order, prefetcher
 from pipeline.data.torch_resize import TorchResize
 from pipeline.data.types import DataBundle, DataError, Placement
@@ -73,10 +74,10 @@ class DaliLoader(PlannedLoader):
     def size(self) -> int:  # this pass's: the epoch's train size, or the evaluation size
         return train_size(self.cfg, self._epoch) if self.train else val_size(self.cfg)
 
-    def _pipeline(self, start: int):
+    def _pipeline(self, batches: list):
         decode_device, op_device = decode_device_for(self.placement.device)
         build = train_pipeline if self.train else val_pipeline
-        self._source = EncodedBatches(self.samples, self.plan.batches(self._epoch, start), self.cfg, self.train,
+        self._source = EncodedBatches(self.samples, batches, self.cfg, self.train,
                                        self.bad_files, size=self.size())
         workers = self.cfg.dali_feed_workers
         feed = {"py_num_workers": workers, "py_start_method": _start_method()} if workers else {}
@@ -93,19 +94,14 @@ class DaliLoader(PlannedLoader):
 
     def _pass(self, start: int):
         """(images, labels) batches of one pipeline, from `start` to the end of the pass."""
+        batches = self.plan.batches(self._epoch, start)  # drawn once: the feed and the prefetcher share it
         if self.prefetch is None:
-            yield from self._pass_batches(start)
-            return
-        self.prefetch.start(self.plan.batches(self._epoch, start))
-        try:
-            for number, batch in enumerate(self._pass_batches(start)):
-                self.prefetch.advance(number + PREFETCH_DEPTH)  # DALI reads PREFETCH_DEPTH batches ahead
-                yield batch
-        finally:
-            self.prefetch.stop()
+            yield from self._pass_batches(batches)
+        else:  # DALI asks for PREFETCH_DEPTH batches beyond the one it hands over
+            yield from followed(self._pass_batches(batches), self.prefetch, batches, PREFETCH_DEPTH)
 
-    def _pass_batches(self, start: int):
-        pipe = self._pipeline(start)
+    def _pass_batches(self, batches: list):
+        pipe = self._pipeline(batches)
         if self.torch_resize is None:
             # DALIGenericIterator copies each batch into torch memory (device memory on GPU)
             # without a host round trip; the pass ends when the source raises StopIteration.

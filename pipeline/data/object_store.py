@@ -57,7 +57,6 @@ class ObjectUrl:
 
 
 _clients: dict[tuple, object] = {}  # by (process, endpoint, key id, profile)
-GETS = {"objects": 0, "bytes": 0}  # this process's GETs (the cache's ledger keeps the node's)
 
 
 def endpoint() -> str:
@@ -192,27 +191,19 @@ def list_objects(url: ObjectUrl, suffix: str = "") -> list[ObjectInfo]:
 
 
 def read_object(url: ObjectUrl) -> bytes:
-    def get() -> bytes:
-        body = client().get_object(Bucket=url.bucket, Key=url.key)["Body"].read()
-        GETS["objects"] += 1
-        GETS["bytes"] += len(body)
-        return body
-
-    return call("read of", url, get)
+    return call("read of", url, lambda: client().get_object(Bucket=url.bucket, Key=url.key)["Body"].read())
 
 
 def download(url: ObjectUrl, dest: Path, size: int) -> None:
     """The whole object into dest (created or overwritten), checked against its listed size."""
     def get() -> None:
         response = client().get_object(Bucket=url.bucket, Key=url.key)
-        GETS["objects"] += 1
         got = 0
         with open(dest, "r+b" if dest.exists() else "wb") as fh:
             for chunk in response["Body"].iter_chunks(CHUNK):
                 fh.write(chunk)
                 got += len(chunk)
             fh.truncate(got)
-        GETS["bytes"] += got
         if got != size:
             raise _ShortBody(f"got {got} of {size} bytes")
 

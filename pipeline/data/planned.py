@@ -69,7 +69,7 @@ class TorchLoader(PlannedLoader):
         if self.size_schedule is not None:
             size = train_size(self.size_schedule, self._epoch)
             batches = [[(index, seed, size) for index, seed in batch] for batch in batches]
-        return iter(batches) if self.prefetch is None else followed(batches, self.prefetch)
+        return iter(batches) if self.prefetch is None else followed(batches, self.prefetch, batches)
 
     def __iter__(self):
         if self._loader is None:

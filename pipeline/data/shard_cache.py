@@ -40,7 +40,6 @@ from pipeline.data.types import DataError
 CACHE_DIR_ENV = "PIPELINE_S3_CACHE_DIR"  # data.cache_dir, resolved; the environment reaches spawned workers
 CACHE_LIMIT_ENV = "PIPELINE_S3_CACHE_LIMIT"  # data.cache_limit in bytes; 0: no limit
 LEDGER = "ledger.jsonl"
-STATS = {"hits": 0, "downloads": 0, "evicted": 0}  # this process's
 
 
 def default_cache_dir() -> Path:
@@ -95,12 +94,10 @@ def fetch(url: str) -> Path:
     path = local_path(url)
     if path.is_file():
         _touch(url, path)
-        STATS["hits"] += 1
         return path
     with _locked(path.with_name(f".{path.name}.lock")):
         if path.is_file():  # another process of the node downloaded it while we waited
             _touch(url, path)
-            STATS["hits"] += 1
             return path
         size = SIZES.get(url)
         if size is None:
@@ -117,7 +114,6 @@ def fetch(url: str) -> Path:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        STATS["downloads"] += 1
         _record(url, size, time.monotonic() - started)
     return path
 
@@ -134,14 +130,23 @@ def open_local(url: str) -> int:
     raise AssertionError("unreachable")
 
 
-def _touch(url: str, path: Path) -> None:
+def _touch(url: str, path: Path) -> bool:
+    """Mark the shard used (its mtime orders eviction), at most once a second per process; False
+    when it is no longer in the cache (evicted: a descriptor still open on it reads the old pages)."""
     now = time.monotonic()
-    if now - _touched.get(url, -10.0) >= 1.0:
-        _touched[url] = now
-        try:
-            os.utime(path)
-        except OSError:  # evicted meanwhile: the open descriptor (if any) still reads it
-            pass
+    if now - _touched.get(url, -10.0) < 1.0:
+        return True
+    _touched[url] = now
+    try:
+        os.utime(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def still_cached(url: str) -> bool:
+    """For a reader holding the shard open: still in the cache (and now marked used)?"""
+    return _touch(url, local_path(url))
 
 
 def _record(url: str, size: int, seconds: float) -> None:
@@ -162,15 +167,12 @@ def _reserve(folder: Path, partial: Path, size: int) -> None:
         cap = limit()
         if cap:
             published, reserved = _usage(root)
-            for mtime, shard_size, shard in sorted(published):
-                if sum(s for _, s, _ in published) + reserved + size <= cap:
+            held = sum(shard_size for _, shard_size, _ in published) + reserved
+            for _, shard_size, shard in sorted(published):  # oldest-used first
+                if held + size <= cap:
                     break
-                try:
-                    shard.unlink()
-                    STATS["evicted"] += 1
-                except FileNotFoundError:
-                    pass
-                published.remove((mtime, shard_size, shard))
+                shard.unlink(missing_ok=True)
+                held -= shard_size
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
@@ -236,7 +238,6 @@ class Prefetcher:
         self._stop = threading.Event()
         self._progress = threading.Condition()
         self._batch = 0
-        self.error: BaseException | None = None
 
     def start(self, batches: list[list[tuple[int, int]]]) -> None:
         self.stop()
@@ -268,8 +269,8 @@ class Prefetcher:
                 if self._stop.is_set():
                     return
                 fetch(self.urls[shard])
-        except BaseException as exc:  # noqa: BLE001 - the reader meets the same failure and reports it
-            self.error = exc
+        except BaseException:  # noqa: BLE001 - the reader meets the same failure and reports it
+            return
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -280,12 +281,14 @@ class Prefetcher:
             self._thread = None
 
 
-def followed(batches: list, prefetch: Prefetcher):
-    """The batches, in order, with the prefetcher told how far the reader has got."""
+def followed(items, prefetch: Prefetcher, batches: list, lead: int = 0):
+    """`items` (one per batch of `batches`, from its first), with the prefetcher fetching the
+    batches' shards ahead and told how far the reader has got; `lead`: batches the reader has
+    already asked for beyond the one it yields (DALI's prefetch depth)."""
     prefetch.start(batches)
     try:
-        for number, batch in enumerate(batches):
-            prefetch.advance(number)
-            yield batch
+        for number, item in enumerate(items):
+            prefetch.advance(number + lead)
+            yield item
     finally:
         prefetch.stop()

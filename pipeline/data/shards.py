@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from pipeline.data import shard_cache
 from pipeline.data.object_store import is_remote
 from pipeline.data.shard_columns import IMAGE_EXTS, INFO_FILE, assemble_index, compact, sample_key  # noqa: F401 - re-exported
-from pipeline.data.sample_index import SampleIndex, cache_dir, load_or_build, names_blob
+from pipeline.data.sample_index import SampleIndex, cache_dir, load_or_build
 from pipeline.data.types import DataError, ShardMember
 
 INDEX_VERSION = "v1.2"
@@ -39,12 +38,11 @@ OPENED = {"shards": 0}  # shard files opened by this process (tests check: one p
 # this process still has open: its pages stay until the descriptor closes. So few stay open, and an
 # open one is checked (at most once a second) and re-fetched once evicted.
 MAX_OPEN_REMOTE = 8
-_remote_checked: dict[str, float] = {}
 
 
 def _shard_fd(tar: str) -> int:
     fd = _open.get(tar)
-    if fd is not None and is_remote(tar) and not _still_cached(tar):
+    if fd is not None and is_remote(tar) and not shard_cache.still_cached(tar):
         os.close(_open.pop(tar))
         fd = None
     if fd is None:
@@ -55,23 +53,10 @@ def _shard_fd(tar: str) -> int:
             if len(remote) >= MAX_OPEN_REMOTE:
                 os.close(_open.pop(remote[0]))
             fd = _open[tar] = shard_cache.open_local(tar)
-            _remote_checked[tar] = time.monotonic()
         else:
             fd = _open[tar] = os.open(tar, os.O_RDONLY)
         OPENED["shards"] += 1
     return fd
-
-
-def _still_cached(url: str) -> bool:
-    now = time.monotonic()
-    if now - _remote_checked.get(url, 0.0) < 1.0:
-        return True
-    _remote_checked[url] = now
-    try:
-        os.utime(shard_cache.local_path(url))  # also keeps it recent in the cache's LRU order
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def close_shards() -> None:

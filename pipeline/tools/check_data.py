@@ -40,10 +40,10 @@ def _decode_problem(path: str) -> str:
 
 def _scan_shard_split(root: Path, report: SplitReport) -> list:
     """Counts per class of a shard split (classes from info.json, else the label numbers)."""
-    return _report_shards(root.name, *scan_shards(root), report)
+    return _report_shards(*scan_shards(root), report)
 
 
-def _report_shards(name: str, classes: list[str], samples, report: SplitReport) -> list:
+def _report_shards(classes: list[str], samples, report: SplitReport) -> list:
     report.counts = dict(zip(classes, np.bincount(samples.labels, minlength=len(classes)).tolist()))
     report.empty_classes = [c for c, n in report.counts.items() if n == 0]
     return [ref for ref, _ in samples]
@@ -52,7 +52,7 @@ def _report_shards(name: str, classes: list[str], samples, report: SplitReport) 
 def scan_remote_split(url: str, workers: int) -> SplitReport:
     """A shard split in object storage: counted from its indexes, decoded through the node's cache."""
     report = SplitReport(url.rstrip("/").rsplit("/", 1)[-1])
-    return _decode_all(_report_shards(report.name, *scan_remote_shards(url), report), workers, report)
+    return _decode_all(_report_shards(*scan_remote_shards(url), report), workers, report)
 
 
 def scan_split(root: Path, workers: int) -> SplitReport:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import torch
 
@@ -55,7 +54,8 @@ def parity(cfg: RootConfig, checkpoint: str | None) -> dict:
         raise ConfigError("pipeline eval-parity runs as one process: start it without torchrun or srun")
     configure_threads(cfg.trainer, world)
     rt = make_runtime(cfg.trainer, world)
-    path, state = ((ckpt.resolve(checkpoint), ckpt.load_checkpoint(ckpt.resolve(checkpoint))) if checkpoint
+    path = ckpt.resolve(checkpoint) if checkpoint else None
+    path, state = ((path, ckpt.load_checkpoint(path)) if path
                    else ckpt.load_latest(cfg.trainer.run_dir) or (None, None))
     if state is None:
         raise ckpt.CheckpointError(f"no checkpoint in {ckpt.checkpoint_dir(cfg.trainer.run_dir)}")
