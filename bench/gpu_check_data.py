@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from gpu_check_base import REPO, Failed, Skip
 
@@ -83,6 +84,59 @@ class DataSteps:
                 f"{rates[('train', 'dali/shards')]:.0f}; val: folder {rates[('val', 'dali')]:.0f}, shards "
                 f"{rates[('val', 'dali/shards')]:.0f}; feed on shards: " + ", ".join(feed_rates))
 
+    def step_dali_s3_shards(self) -> str:
+        """Issue 42 on the GPU: dali_shards_and_feed's shards served by a real S3 server started here
+        (SeaweedFS, tests/s3_server.py), trained from through `s3://` (node cache, cold: every shard is
+        downloaded during the run) against the same shards on local disk, in one run: ResNet-50 img/s
+        and data wait through DALI, both with the streaming order (data.shuffle=blocks)."""
+        self._need_dali()
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        try:
+            import boto3  # noqa: F401
+
+            from tests.s3_server import SeaweedS3, weed_binary
+            weed_binary()
+        except (ImportError, RuntimeError) as why:
+            raise Skip(f"no S3 server or client here ({why}); bench/device_wheels.sh bundles both") from None
+        shards = self.work / "shards"
+        if not (shards / "train").is_dir():
+            raise Skip("no shards from dali_shards_and_feed (run that step first)")
+        server = SeaweedS3(self.work / "s3")
+        server.start()
+        saved = {k: os.environ.get(k) for k in server.env()}
+        try:
+            os.environ.update(server.env())
+            from pipeline.data.upload import upload_tree
+
+            start = time.perf_counter()
+            upload_tree(shards, "s3://gpu-check/shards")
+            upload_s = time.perf_counter() - start
+            steps, batch = (6, 16) if self.dry else (40, 256)
+            model = (["model.name=resnet20", "data.image_size=32"] if self.dry else
+                     ["model.name=resnet50", "data.image_size=224", "data.scale=[0.08,1.0]"])
+            common = [*model, f"data.batch_size={batch}", f"data.workers={self.workers}", "trainer.epochs=1",
+                      f"trainer.max_steps={steps}", f"trainer.log_every={max(1, steps // 4)}", "trainer.eval_every=1000",
+                      "data.backend=dali", "data.shuffle=blocks", *self.device_overrides]
+            runs = {"local": self.train("shards_local", *common, f"data.path={shards}"),
+                    "s3": self.train("shards_s3", *common, "data.path=s3://gpu-check/shards",
+                                     f"data.cache_dir={self.work / 'cache'}", env=server.env())}
+        finally:
+            server.kill()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if any(r["data_backend"] != "dali" or r["steps"] != runs["local"]["steps"] or not r["steps"] for r in runs.values()):
+            raise Failed(", ".join(f"{n}: {r['data_backend']} {r['steps']} steps" for n, r in runs.items()))
+        (self.out / "dali_s3_shards.json").write_text(json.dumps({"upload_s": upload_s, **runs}, indent=2))
+        local, s3 = runs["local"], runs["s3"]
+        return (f"DALI from s3:// (cold cache) {s3['train/img_per_sec']:.0f} img/s, data wait "
+                f"{s3['train/data_wait']:.3f} vs local shards {local['train/img_per_sec']:.0f} img/s, wait "
+                f"{local['train/data_wait']:.3f}: {s3['train/img_per_sec'] / local['train/img_per_sec']:.3f}x; "
+                f"upload {upload_s:.0f} s")
+
     def step_progressive_resizing(self) -> str:
         """Issue 28: training img/s at 160/192/224 px (ResNet-50 and -18, bf16 channels_last) as
         ratios in one run, and a short 2-epoch run whose train size changes 160 -> 192 px through
@@ -146,7 +200,7 @@ class DataSteps:
             raise Failed(f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         (self.out / "eval_parity.json").write_text(json.dumps(r, indent=2))
-        figure = (f"{r['images']} val images: top-1 DALI {r['dali/top1']:.2f}% vs torchvision {r['torchvision/top1']:.2f}% "
+        figure = (f"view: DALI region decode, then resize (data.val_view today); {r['images']} val images: top-1 DALI {r['dali/top1']:.2f}% vs torchvision {r['torchvision/top1']:.2f}% "
                   f"(gap {r['top1_gap']:+.2f}), same top-1 class on {r['argmax_agreement']:.1f}%, logits differ by at "
                   f"most {r['max_abs_logit_diff']:.3g} (mean {r['mean_abs_logit_diff']:.3g})")
         if not r["passed"]:

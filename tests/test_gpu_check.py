@@ -12,7 +12,7 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow  # every step trains in a subprocess
 
 CPU_TWINS = {"environment", "bench_train", "fp16_gradscaler", "checkpoint_kill_resume_eval", "deepspeed_zero2",
-             "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "progressive_resizing",
+             "dali_pipeline_alone", "dali_vs_synthetic", "dali_shards_and_feed", "dali_s3_shards", "progressive_resizing",
              "recipe_augmentation", "eval_parity"}
 # deepspeed_zero1 is the zero2 twin's code at stage 1: skipped dry, it runs on the GPU
 GPU_ONLY = {"bench_train_compiled", "cuda_graphs_match_eager", "syncbn_one_process_nccl", "torchvision_gpu_decode",
