@@ -26,7 +26,7 @@ class DataSteps:
             else:  # 800 rendered JPEGs (~30 s), each train image under 20 names: 12,000 train files
                 subprocess.run([sys.executable, str(REPO / "bench" / "jpeg_folder.py"), str(self.jpegs),
                                 "--train-per-class", "60", "--val-per-class", "20", "--links", "20"],
-                               check=True, capture_output=True, cwd=REPO)
+                               check=True, capture_output=True, cwd=REPO, env=self.env())  # env: REPO on the path
 
     @property
     def workers(self) -> int:
