@@ -56,12 +56,22 @@ class DataSteps:
                 for backend in ("dali", "synthetic")}
         if runs["dali"]["data_backend"] != "dali":
             raise Failed(f"ran with {runs['dali']['data_backend']}, not DALI")
-        ratio = runs["dali"]["train/img_per_sec"] / runs["synthetic"]["train/img_per_sec"]
+        # The first H200 run gave 0.891x at the default 0.65: the share of JPEGs decoded on the SMs
+        # the training uses is the first suspect, so the hardware decoder's share is swept too.
+        loads = [] if self.dry else [0.9, 1.0]
+        for load in loads:
+            runs[f"dali_hw{load}"] = self.train(f"from_dali_hw{load}", *common, "data.backend=dali",
+                                                f"data.dali_hw_decoder_load={load}")
+        synthetic = runs["synthetic"]["train/img_per_sec"]
         (self.out / "dali_vs_synthetic.json").write_text(json.dumps(runs, indent=2))
-        return (f"JPEG through DALI {runs['dali']['train/img_per_sec']:.0f} img/s vs synthetic "
-                f"{runs['synthetic']['train/img_per_sec']:.0f}: {ratio:.3f}x, data wait "
-                f"{runs['dali']['train/data_wait']:.3f}, peak {runs['dali']['peak_memory_gib']} GiB "
-                "(targets on a GPU: >= 0.95x, wait < 0.03)")
+        # data wait on a GPU is host time blocked in DALI's outputs(), which also waits behind the
+        # GPU's queue: the img/s ratio is the figure, the wait a hint.
+        return (f"JPEG through DALI {runs['dali']['train/img_per_sec']:.0f} img/s vs synthetic {synthetic:.0f}: "
+                f"{runs['dali']['train/img_per_sec'] / synthetic:.3f}x at hw_decoder_load 0.65, data wait "
+                f"{runs['dali']['train/data_wait']:.3f}, peak {runs['dali']['peak_memory_gib']} GiB; "
+                + "".join(f"at {load}: {runs[f'dali_hw{load}']['train/img_per_sec'] / synthetic:.3f}x, wait "
+                          f"{runs[f'dali_hw{load}']['train/data_wait']:.3f}; " for load in loads)
+                + "(targets on a GPU: >= 0.95x, wait < 0.03)")
 
     def step_dali_shards_and_feed(self) -> str:
         """The same JPEGs as WebDataset shards through DALI's decoder (mixed on a GPU), against the

@@ -51,10 +51,20 @@ class TrainingSteps:
         self.train("graphs_eager", *common)
         self.train("graphs_on", *common, "trainer.compile=true", "trainer.compile_mode=reduce-overhead")
         eager, graphed = self.losses("graphs_eager"), self.losses("graphs_on")
+        if len(eager) != 20 or len(graphed) != 20:
+            raise Failed(f"{len(eager)} eager / {len(graphed)} graphed steps")
+        # Step 1 is one forward pass of the same weights on the same batch: only kernel choice can
+        # differ. After it, inductor's fused kernels (another reduction order) and cuDNN's
+        # nondeterministic backward kernels drift apart by rounding that grows per step. The first
+        # H200 run (2026-12-04) drifted to 7.5e-3 near loss 1 and met again at 0.0327 by step 20, so
+        # the trajectory gets the GPU's resume tolerance; a stale or wrong graph input is far outside it.
+        first = abs(graphed[0] - eager[0]) / abs(eager[0])
         worst = max(abs(g - e) / abs(e) for e, g in zip(eager, graphed))
-        if len(eager) != 20 or len(graphed) != 20 or worst > 1e-3:
-            raise Failed(f"{len(eager)} eager / {len(graphed)} graphed steps, largest relative difference {worst:.2e}")
-        return f"20 fp32 steps graphed vs eager: largest relative loss difference {worst:.2e} (limit 1e-3)"
+        if first > 1e-4 or worst > self.resume_tolerance:
+            raise Failed(f"step 1 differs by {first:.2e} (limit 1e-4), the 20 steps by up to {worst:.2e} "
+                         f"(limit {self.resume_tolerance:g})")
+        return (f"20 fp32 steps graphed vs eager: step 1 within {first:.1e} (limit 1e-4), largest relative loss "
+                f"difference {worst:.2e} (limit {self.resume_tolerance:g}), final {eager[-1]:.4f} vs {graphed[-1]:.4f}")
 
     def step_fp16_gradscaler(self) -> str:
         # CPU twin: no CPU here has fp16 convolution kernels. Their backward pass is oneDNN's slow

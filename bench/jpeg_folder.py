@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from PIL import Image
 
-from pipeline.data.demo import make_demo_data
+# Run as a script from anywhere, the package installed or not (the GPU image has it only on the path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.data.demo import make_demo_data  # noqa: E402
 
 IMAGENET_SHAPES = ((500, 375), (375, 500))  # (width, height)
 

@@ -36,3 +36,18 @@ def test_cpu_compiles_without_cuda_graph_modes():
     assert compile_mode_for("max-autotune", cpu) == "max-autotune-no-cudagraphs"
     assert compile_mode_for("reduce-overhead", gpu) == "reduce-overhead"  # CUDA graphs on a GPU
     assert compile_mode_for("default", cpu) == "default"
+
+
+def test_compile_auto_compiles_on_a_gpu_only_and_the_imagenet_configs_use_it():
+    """trainer.compile=auto: compiled on a GPU (1.40x eager for ResNet-50 on an H200, docs/benchmarks.md),
+    eager on CPU; true and false mean what they say on both, and a YAML bool is accepted."""
+    from pipeline.config import load_config
+    from pipeline.engines.parallelize import compiles
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    for value, on_cpu, on_gpu in (("auto", False, True), ("true", True, True), ("false", False, False)):
+        cfg = load_config(None, [f"trainer.compile={value}"])
+        assert (compiles(cfg, cpu), compiles(cfg, gpu)) == (on_cpu, on_gpu), value
+    assert load_config(None, []).trainer.compile == "false"  # the default stays eager
+    for recipe in ("resnet50", "resnet50_tv2", "resnet50_rsb_a2"):
+        assert load_config(f"configs/imagenet/{recipe}.yaml", []).trainer.compile == "auto", recipe

@@ -172,6 +172,7 @@ _CHOICES = {
     "trainer.channels_last": ("auto", "true", "false"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.engine": ("auto", "single", "ddp", "deepspeed"),
+    "trainer.compile": ("auto", "true", "false"),
     "trainer.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "trainer.on_checkpoint_error": ("continue", "stop"),
     "trainer.elastic": ("keep", "rescale"),
@@ -184,7 +185,7 @@ _CHOICES = {
     "optim.loss": ("ce", "bce"),
 }
 
-_CASE_FREE = ("trainer.channels_last",)
+_CASE_FREE = ("trainer.channels_last", "trainer.compile")
 
 
 def get(cfg: Any, dotted: str) -> Any:
@@ -196,7 +197,7 @@ def get(cfg: Any, dotted: str) -> Any:
 _SIGNED = ("trainer.seed", "model.gate_bias_init")  # numbers that may be negative
 _FRACTIONS = ("data.hflip", "data.crop_fraction", "model.drop_rate", "model.shortcut_dropout",
               "optim.label_smoothing", "trainer.ema_decay", "data.random_erase", "optim.bce_target_thresh",
-              "model.drop_path_rate")
+              "model.drop_path_rate", "data.dali_hw_decoder_load")
 
 
 def _numbers(cfg: Any, prefix: str = ""):

@@ -99,6 +99,9 @@ class DataConfig:
     # DALI: Python worker processes that read and check the encoded files (parallel external
     # source). 0: the training process reads them before each iteration, which blocks its loop.
     dali_feed_workers: int = 0
+    # DALI on a GPU: the share of JPEGs sent to the hardware JPEG decoder (A100/H100/H200), the rest
+    # to CUDA decode on the SMs the training shares. NVIDIA's ResNet-50 example uses 0.65; unmeasured here.
+    dali_hw_decoder_load: float = 0.65
     cifar_holdout: int = 0  # >0: validate on the last N training images (paper: 5000), not the test set
     synthetic_samples: int = 1024  # per epoch, per rank, for dataset=synthetic
     # What a corrupt or unreadable image does during training: "fail" stops with its path,
@@ -178,7 +181,10 @@ class TrainerConfig:
     # NHWC memory layout for images and weights. auto: always on a GPU, probed on a CPU (slower
     # than NCHW on some AVX2 CPUs). true/false force it.
     channels_last: str = "auto"  # auto | true | false
-    compile: bool = False  # torch.compile the model (compile_mode below; graph-free modes on CPU)
+    # torch.compile the model: false | true | auto. auto compiles on a GPU (ResNet-50 bf16 on an H200:
+    # 1.40x eager for ~35 s of compiling, docs/benchmarks.md) and stays eager on CPU, where compiling
+    # ResNet-50 takes minutes. compile_mode below; graph-free modes on CPU.
+    compile: str = "false"
     # torch.compile mode. reduce-overhead (and max-autotune) also capture CUDA graphs with torch's
     # cudagraph trees, which replay a whole step with one launch; on CPU they compile without graphs.
     compile_mode: str = "default"  # default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs

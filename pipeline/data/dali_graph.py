@@ -18,9 +18,6 @@ from pipeline.data.resolution import val_resize_shorter, val_size
 # DALI's own defaults for ImageNet-scale JPEGs.
 HOST_MEMORY_PADDING = 8 << 20
 DEVICE_MEMORY_PADDING = 16 << 20
-# Share of JPEGs sent to the A100/H100 hardware JPEG decoder (the rest go to CUDA decode); NVIDIA's
-# ResNet-50 example uses 0.65 to keep both busy.
-HW_DECODER_LOAD = 0.65
 PREFETCH_DEPTH = 2  # batches DALI prepares ahead of the training step
 
 
@@ -29,21 +26,21 @@ def decode_device_for(device) -> tuple[str, str]:
     return ("mixed", "gpu") if device.type == "cuda" else ("cpu", "cpu")
 
 
-def _decoder_args(decode_device: str) -> dict:
+def _decoder_args(decode_device: str, cfg: DataConfig) -> dict:
     # EXIF orientation is ignored, as PIL (and so torchvision's ImageFolder) ignores it: crop
     # windows are in stored-pixel coordinates, and both backends see the same pixels.
     args = {"output_type": types.RGB, "host_memory_padding": HOST_MEMORY_PADDING, "adjust_orientation": False}
     if decode_device == "mixed":
-        args.update(device_memory_padding=DEVICE_MEMORY_PADDING, hw_decoder_load=HW_DECODER_LOAD)
+        args.update(device_memory_padding=DEVICE_MEMORY_PADDING, hw_decoder_load=cfg.dali_hw_decoder_load)
     return args
 
 
-def window_crops(jpegs, start, shape, decode_device: str):
+def window_crops(jpegs, start, shape, decode_device: str, cfg: DataConfig):
     """Each sample's RandomResizedCrop window ([x, y] start, [w, h] shape, pixels; chosen by
     `augment.random_resized_crop` from the sample's seed), decoded alone: the decoder skips the
     rest of the image (ROI decode)."""
     return fn.decoders.image_slice(jpegs, device=decode_device, start=start, shape=shape, axis_names="WH",
-                                   **_decoder_args(decode_device))
+                                   **_decoder_args(decode_device, cfg))
 
 
 def center_crops(jpegs, cfg: DataConfig, decode_device: str):
@@ -57,7 +54,7 @@ def center_crops(jpegs, cfg: DataConfig, decode_device: str):
     else:
         crop_h = crop_w = fn.cast(dali_math.min(shape[0], shape[1]), dtype=types.FLOAT) * kept
     return fn.decoders.image_crop(jpegs, device=decode_device, crop_w=crop_w, crop_h=crop_h,
-                                  crop_pos_x=0.5, crop_pos_y=0.5, **_decoder_args(decode_device))
+                                  crop_pos_x=0.5, crop_pos_y=0.5, **_decoder_args(decode_device, cfg))
 
 
 def _interp(cfg: DataConfig):
@@ -109,7 +106,7 @@ def train_graph(cfg: DataConfig, source, decode_device: str, op_device: str, lay
     dtypes = [types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32, types.INT32]
     dtypes += [types.INT32] * policy + [types.FLOAT, types.FLOAT] * erase
     jpegs, labels, start, shape, mirror, replaced, *extra = file_source(source, dtypes, parallel)
-    images = window_crops(jpegs, start, shape, decode_device)
+    images = window_crops(jpegs, start, shape, decode_device, cfg)
     if not resize_in_dali:
         return (images, labels, replaced, mirror, *extra)  # TorchResize erases after normalizing
     if policy:

@@ -21,6 +21,12 @@ def compile_mode_for(mode: str, device: torch.device) -> str:
     return _CPU_COMPILE_MODE.get(mode, mode) if device.type == "cpu" else mode
 
 
+def compiles(cfg: RootConfig, device: torch.device) -> bool:
+    """trainer.compile resolved: auto compiles on a GPU only (see the schema's comment)."""
+    choice = str(cfg.trainer.compile).lower()
+    return choice == "true" or (choice == "auto" and device.type == "cuda")
+
+
 def compile_model(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
     """torch.compile with this project's CPU rules (the trainer and `pipeline bench train` share them)."""
     if device.type == "cpu":
@@ -60,7 +66,7 @@ def wrap_model(model: nn.Module, cfg: RootConfig, rt: Runtime) -> tuple[nn.Modul
     if rt.channels_last and rt.engine_kind != "deepspeed":
         model = model.to(memory_format=torch.channels_last)
     module = model
-    if cfg.trainer.compile:
+    if compiles(cfg, rt.device):
         if cfg.trainer.compile_cache_dir:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cfg.trainer.compile_cache_dir)
         model = compile_model(model, cfg.trainer.compile_mode, rt.device)
@@ -86,6 +92,6 @@ def build_engine(model: nn.Module, optimizer_for, cfg: RootConfig, rt: Runtime) 
         return DeepSpeedEngine(module, optimizer, cfg, rt)
     from pipeline.engines.pytorch import TorchEngine
 
-    cuda_graphs = (cfg.trainer.compile and rt.device.type == "cuda"
+    cuda_graphs = (compiles(cfg, rt.device) and rt.device.type == "cuda"
                    and cfg.trainer.compile_mode in ("reduce-overhead", "max-autotune"))
     return TorchEngine(wrapped, module, optimizer, rt, cfg.optim.grad_clip, cuda_graphs)
