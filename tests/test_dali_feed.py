@@ -56,3 +56,24 @@ def test_spawned_feed_workers_give_the_same_batches(demo_data, monkeypatch):
     in_process = _epoch(_loader(demo_data, "val", 0))
     monkeypatch.setattr(dali, "_start_method", lambda: "spawn")
     assert _equal(_epoch(_loader(demo_data, "val", 2)), in_process)
+
+
+@pytest.mark.parametrize("resize", ["auto", "dali"])  # torch finishes the crops (CPU default) / DALI resizes (GPU graph)
+def test_a_pass_reuses_the_last_finished_pipeline_with_a_new_ones_batches(demo_data, resize):
+    """A pipeline build costs ~2.4 s on an H200 (docs/benchmarks.md, issue 45), paid by every epoch and
+    every evaluation: a pass at the size of the last finished one reuses its pipeline, and gets exactly
+    the batches a new pipeline gives, whole epochs and a resumed part of one alike."""
+    size = f"data.dali_resize={resize}"
+    loader = _loader(demo_data, "train", 0, size)
+    passes = {(1, 0): _epoch(loader, 1), (2, 0): _epoch(loader, 2), (3, 20): _epoch(loader, 3, 20)}
+    assert loader.pipelines_built == 1
+    for (epoch, start), batches in passes.items():
+        assert _equal(batches, _epoch(_loader(demo_data, "train", 0, size), epoch, start)), (epoch, start)
+    loader.set_epoch(4, 0)
+    next(iter(loader))  # a pass left midway (a stop signal, max_steps): its pipeline is not reused
+    assert _equal(_epoch(loader, 5), _epoch(_loader(demo_data, "train", 0, size), 5))
+    assert loader.pipelines_built == 2  # epoch 4 reused the first; epoch 5 had to build
+    val = _loader(demo_data, "val", 0, size)
+    assert _equal(_epoch(val, 0), _epoch(val, 0)) and val.pipelines_built == 1  # evaluation after evaluation
+    parallel = _loader(demo_data, "val", 2, size)  # the workers hold a copy of the source: a build per pass
+    assert _equal(_epoch(parallel, 0), _epoch(parallel, 0)) and parallel.pipelines_built == 2

@@ -58,7 +58,7 @@ def test_backends_follow_the_schedule(demo_data, backend, resize):
     data.val.set_epoch(0)
     assert next(iter(data.val))[0].shape == (16, 3, 44, 44)
     if backend == "dali":  # one pipeline per pass, whatever the size: never one per batch
-        assert (data.train.pipelines_built, data.val.pipelines_built) == (3, 1)
+        assert (data.train.pipelines_built, data.val.pipelines_built) == (3, 1)  # each size its own
 
 
 def test_dali_and_torchvision_agree_at_a_scheduled_size(demo_data):

@@ -47,7 +47,8 @@ def _dali_device_id(device: torch.device) -> int | None:
 
 
 class DaliLoader(PlannedLoader):
-    """Same interface as TorchLoader; one DALI pipeline per pass, starting at the pass's first step.
+    """Same interface as TorchLoader; a DALI pipeline per pass, starting at the pass's first step, and
+    reused by the next pass when that one has the same size (`_reuse`).
 
     Batches leave as torch tensors on the training device. With `TorchResize` (CPU default) the
     DALI graph stops at the decoded crops and torch finishes them in this process while DALI's
@@ -69,10 +70,28 @@ class DaliLoader(PlannedLoader):
         self.torch_resize = (TorchResize(cfg, placement.channels_last, cfg.train_antialias if train else True)
                              if _resize_in_torch(cfg, placement.device, train) else None)
         self.bad_files: set[int] = set()  # under on_bad_image=skip: indices found undecodable
-        self.pipelines_built = 0  # one per pass (epoch or resumed part of one), whatever the sizes
+        self.pipelines_built = 0  # at most one per pass (epoch or resumed part of one), never one per batch
+        self._idle = None  # (pipeline, iterator, size) of a pass that ran to its end: the next may reuse it
 
     def size(self) -> int:  # this pass's: the epoch's train size, or the evaluation size
         return train_size(self.cfg, self._epoch) if self.train else val_size(self.cfg)
+
+    def _reuse(self, batches: list):
+        """The last pass's pipeline and iterator, its source given this pass's batches, when that pass
+        ran to its end at this pass's size; else None. A build costs ~2.4 s on an H200 (20-30 ms on
+        CPU), paid by every epoch and every evaluation (docs/benchmarks.md, issue 45). DALI restarts
+        the source's iteration count at 0 on reset. The parallel feed's workers hold a copy of the
+        source, so with data.dali_feed_workers each pass still builds its own."""
+        idle, self._idle = self._idle, None
+        if idle is None or idle[2] != self.size():
+            return None
+        self._source.batches = batches
+        return idle
+
+    def _keep(self, pipe, iterator) -> None:
+        """The pass ran to its end: keep its pipeline for the next pass (in-process feed only)."""
+        if not self.cfg.dali_feed_workers:
+            self._idle = (pipe, iterator, self.size())
 
     def _pipeline(self, batches: list):
         decode_device, op_device = decode_device_for(self.placement.device)
@@ -101,15 +120,38 @@ class DaliLoader(PlannedLoader):
             yield from followed(self._pass_batches(batches), self.prefetch, batches, PREFETCH_DEPTH)
 
     def _pass_batches(self, batches: list):
-        pipe = self._pipeline(batches)
+        """The pass's batches. The loop consuming them stops after the last one without asking for
+        more, so the end is taken here, before the last batch leaves: the source has already raised
+        StopIteration by then (DALI prefetches), and the pipeline is kept for the next pass."""
+        reused = self._reuse(batches)
+        pipe, iterator = reused[:2] if reused else (self._pipeline(batches), None)
         if self.torch_resize is None:
             # DALIGenericIterator copies each batch into torch memory (device memory on GPU)
             # without a host round trip; the pass ends when the source raises StopIteration.
-            for out in DALIGenericIterator([pipe], ["images", "labels", "replaced"], auto_reset=False):
-                self.replaced_images += int(out[0]["replaced"].sum())
-                yield self._to_torch(out[0]["images"]), out[0]["labels"].to(self.placement.device, non_blocking=True).view(-1)
-            return
-        pipe.build()
+            if iterator is None:
+                iterator = DALIGenericIterator([pipe], ["images", "labels", "replaced"], auto_reset=False)
+            else:
+                iterator.reset()  # prefetches this pass's first batches
+            outputs = self._iterated(iterator)
+        else:
+            if reused:
+                pipe.reset()
+            else:
+                pipe.build()
+            outputs = self._run(pipe)
+        for count, batch in enumerate(outputs, 1):
+            if count == len(batches):
+                for _ in outputs:  # the end, with nothing left: the pipeline can serve another pass
+                    raise RuntimeError("DALI gave more batches than the plan holds")
+                self._keep(pipe, iterator)
+            yield batch
+
+    def _iterated(self, iterator):
+        for out in iterator:
+            self.replaced_images += int(out[0]["replaced"].sum())
+            yield self._to_torch(out[0]["images"]), out[0]["labels"].to(self.placement.device, non_blocking=True).view(-1)
+
+    def _run(self, pipe):
         size = self.size()
         while True:
             try:

@@ -1,5 +1,5 @@
 """The DALI graphs: the operators of the train and val pipelines, from the encoded bytes to the
-normalized batch (`pipeline/data/dali.py` builds and runs them, one pipeline per pass).
+normalized batch (`pipeline/data/dali.py` builds and runs them: a pipeline per pass size, reused).
 
 The graphs draw no random numbers: every per-sample choice (crop window, flip, augmentation
 policy, erase region) comes with the bytes from the file source, drawn from the sample's seed.
