@@ -48,8 +48,8 @@ def test_expected_numbers_match_the_papers_tables():
     numbers = set(re.findall(r"\d+\.\d+", text))
     checked = 0
     for path in CONFIGS:
-        if any(k in path.name for k in ("_fast_", "_tv2", "_rsb_", "wrn")):  # FFCV's, torchvision's, timm's
-            continue  # and the WRN authors' tables: checked in test_fast_recipes.py, test_modern_recipes.py and below
+        if any(k in path.name for k in ("_fast_", "_tv2", "_rsb_", "wrn", "resnext", "wide_resnet")):
+            continue  # FFCV's, torchvision's, timm's, the WRN authors': test_fast_recipes.py, test_modern_recipes.py, below
         expected = load_config(path).expected
         value = expected.get("value")
         if isinstance(value, float):
@@ -106,3 +106,38 @@ def test_wide_resnet_configs_carry_the_authors_recipe_and_numbers():
             (128, 0.1, 0.9, True, 5e-4, True)
         assert (o.milestones, o.milestones_in, o.gamma, cfg.trainer.epochs, cfg.data.cifar_holdout) == \
             ((60, 120, 160), "epochs", 0.2, 200, 0)
+
+
+TORCHVISION_WEIGHTS = {  # config -> the torchvision weights whose meta gives its number
+    "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V1", "resnext50_32x4d_tv2": "ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
+    "resnext101_32x8d": "ResNeXt101_32X8D_Weights.IMAGENET1K_V1",
+    "resnext101_32x8d_tv2": "ResNeXt101_32X8D_Weights.IMAGENET1K_V2",
+    "resnext101_64x4d": "ResNeXt101_64X4D_Weights.IMAGENET1K_V1",
+    "wide_resnet50_2": "Wide_ResNet50_2_Weights.IMAGENET1K_V1", "wide_resnet50_2_tv2": "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
+    "wide_resnet101_2": "Wide_ResNet101_2_Weights.IMAGENET1K_V1", "wide_resnet101_2_tv2": "Wide_ResNet101_2_Weights.IMAGENET1K_V2",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_WEIGHTS))
+def test_resnext_and_wide_resnet_configs_carry_torchvisions_numbers_and_recipe(name):
+    """The number is the installed weights' meta acc@1, the model the weights' own (same parameter
+    count); V1: ResNeXt's `--epochs 100` with train.py's StepLR(30), WRN the ResNet recipe; V2 (and
+    resnext101_64x4d, trained only with it): 176 px train, 232 -> 224 val, as the weights' transforms say."""
+    from torchvision import models
+
+    enum, member = TORCHVISION_WEIGHTS[name].split(".")
+    weights = getattr(getattr(models, enum), member)
+    cfg = load_config(REPO / "configs" / "imagenet" / f"{name}.yaml")
+    assert cfg.expected["value"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+    model = build_model(cfg.model, 1000)
+    assert sum(p.numel() for p in model.parameters()) == weights.meta["num_params"]
+    preset = weights.transforms()
+    if "tv2" in name or name == "resnext101_64x4d":
+        assert (cfg.data.image_size, cfg.trainer.epochs, cfg.optim.lr, cfg.data.batch_size) == (176, 600, 0.5, 128)
+        assert (round(cfg.data.val_image_size / cfg.data.crop_fraction), cfg.data.val_image_size) == \
+            (preset.resize_size[0], preset.crop_size[0])
+    else:
+        assert (cfg.data.image_size, cfg.optim.lr, cfg.data.batch_size, cfg.optim.schedule) == (224, 0.1, 32, "multistep")
+        epochs, milestones = (100, (30, 60, 90)) if "resnext" in name else (90, (30, 60))
+        assert (cfg.trainer.epochs, tuple(cfg.optim.milestones)) == (epochs, milestones)
+        assert (preset.resize_size[0], preset.crop_size[0]) == (256, 224)
