@@ -177,3 +177,28 @@ def test_resnext_and_wide_resnet_killed_and_resumed_equal_the_straight_run(tmp_p
     losses = {run: [r["train/loss"] for r in read_metrics(run) if "train/loss" in r] for run in (straight, killed)}
     assert len(losses[straight]) == 8 and losses[killed][-4:] == losses[straight][-4:]
     assert _summary(killed)["final/val/top1"] == _summary(straight)["final/val/top1"]
+
+
+@pytest.mark.slow
+def test_eval_parity_of_the_default_view_within_one_image_at_32_and_224_px(tmp_path, demo_data):
+    """data.val_view=torchvision (the default): DALI's validation counts the images torchvision's
+    transforms count, within one image and 0.1 points, at 32 px on the demo images and at 224 px on
+    ImageNet-sized JPEGs (500x375 and 375x500, bench/jpeg_folder.py); the fast view is the old gap."""
+    pytest.importorskip("nvidia.dali")
+    run = tmp_path / "run"
+    run_cli("train", *FAST, f"data.path={demo_data}", f"trainer.run_dir={run}", "trainer.epochs=2", "optim.lr=0.4",
+            check=True)
+    large = tmp_path / "large"
+    subprocess.run([sys.executable, str(REPO / "bench" / "jpeg_folder.py"), str(large), "--train-per-class", "1",
+                    "--val-per-class", "6"], check=True, capture_output=True, cwd=REPO)
+    results = {}
+    for name, overrides in {"32": [f"data.path={demo_data}"],
+                            "224": [f"data.path={large}", "data.image_size=224", "data.batch_size=20"]}.items():
+        proc = run_cli("eval-parity", *FAST, *overrides, "--checkpoint", str(run), "--max-gap", "0.1")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert proc.returncode == 0 and results[name]["passed"], proc.stdout
+    assert results["32"]["images"] == 130 and results["224"]["images"] == 60
+    assert results["32"]["argmax_agreement"] >= 100 - 100 / 130  # at most one image's class differs
+    fast = run_cli("eval-parity", *FAST, f"data.path={demo_data}", "data.val_view=fast", "--checkpoint", str(run))
+    assert json.loads(fast.stdout.strip().splitlines()[-1])["mean_abs_logit_diff"] > \
+        3 * results["32"]["mean_abs_logit_diff"]  # the region-decode view is another view

@@ -167,6 +167,7 @@ _CHOICES = {
     "optim.name": ("sgd", "lars", "lamb"),
     "optim.schedule": ("cosine", "step", "multistep", "constant", "triangular"),
     "data.val_crop_mode": ("center", "squash"),
+    "data.val_view": ("torchvision", "fast"),
     "optim.milestones_in": ("epochs", "steps"),
     "trainer.precision": ("auto", "fp32", "bf16", "fp16"),
     "trainer.channels_last": ("auto", "true", "false"),

@@ -82,6 +82,11 @@ class DataConfig:
     # val_image_size / crop_fraction, center-crop val_image_size. squash: resize the whole image to a
     # square of that side (aspect not kept), center-crop val_image_size.
     val_crop_mode: str = "center"  # center | squash
+    # DALI's evaluation view. torchvision: decode the whole image, resize (shorter side, or the square
+    # under squash), then crop the center, with torchvision's sizes and rounding: the view every published
+    # number used. fast: decode only the region the crop keeps, then resize it: fewer pixels decoded,
+    # another view (0.8-1.2 points of top-1 at 32 px, docs/benchmarks.md).
+    val_view: str = "torchvision"
     crop_fraction: float = 0.875  # val: the crop's share of the resized image's side (224 / 256)
     scale: tuple[float, float] = (0.25, 1.0)  # RandomResizedCrop area range (ImageNet recipes: 0.08)
     ratio: tuple[float, float] = (0.75, 1.3333333333333333)  # RandomResizedCrop aspect range

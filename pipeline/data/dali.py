@@ -159,6 +159,11 @@ class DaliLoader(PlannedLoader):
             except StopIteration:
                 return
             self.replaced_images += int(np.asarray(replaced.as_tensor()).sum())
+            if not self.train and self.cfg.val_view == "torchvision":  # the whole images, their resize and corner
+                resized, corners = (np.asarray(out.as_tensor()) for out in extra)
+                yield self.torch_resize.resize_crop(crops, resized, corners, size), \
+                    torch.from_numpy(np.array(labels.as_tensor())).view(-1)
+                continue
             flips = np.asarray(extra[0].as_tensor()) if extra else None
             images = self.torch_resize(crops, flips, size)
             if self.train and self.cfg.random_erase > 0:  # data.random_erase: the source's regions, after normalizing

@@ -134,9 +134,23 @@ def train_pipeline(cfg: DataConfig, **kwargs):
 @pipeline_def
 def val_pipeline(cfg: DataConfig, source, decode_device: str, op_device: str, layout: str, resize_in_dali: bool,
                  size: int, parallel: bool = False):
-    """The evaluation crop decoded alone, resized to val_size, normalized."""
-    jpegs, labels, replaced = file_source(source, [types.UINT8, types.INT64, types.INT32], parallel)
-    images = center_crops(jpegs, cfg, decode_device)
-    if resize_in_dali:
-        return resize_normalize(images, cfg, size, op_device, layout, antialias=True), labels, replaced
-    return images, labels, replaced
+    """data.val_view. torchvision: the whole image decoded, resized to the size the source computed
+    from the header (`resolution.val_view_geometry`), the val_size square cut at the source's corner,
+    normalized; without `resize_in_dali` the graph ends at the decoded images and `TorchResize` does
+    the rest. fast: the evaluation crop decoded alone, resized to val_size, normalized."""
+    if cfg.val_view == "fast":
+        jpegs, labels, replaced = file_source(source, [types.UINT8, types.INT64, types.INT32], parallel)
+        images = center_crops(jpegs, cfg, decode_device)
+        if resize_in_dali:
+            return resize_normalize(images, cfg, size, op_device, layout, antialias=True), labels, replaced
+        return images, labels, replaced
+    jpegs, labels, replaced, resized, corner = file_source(
+        source, [types.UINT8, types.INT64, types.INT32, types.INT32, types.INT32], parallel)
+    images = fn.decoders.image(jpegs, device=decode_device, **_decoder_args(decode_device, cfg))
+    if not resize_in_dali:
+        return images, labels, replaced, resized, corner
+    resized = fn.cast(resized, dtype=types.FLOAT)
+    images = fn.resize(images, device=op_device, resize_x=resized[0], resize_y=resized[1], interp_type=_interp(cfg),
+                       antialias=True)
+    images = fn.slice(images, device=op_device, start=corner, shape=[size, size], axis_names="WH")
+    return normalize(images, cfg, op_device, layout), labels, replaced

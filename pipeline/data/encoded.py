@@ -17,6 +17,7 @@ from pipeline.data import bad_images
 from pipeline.data.augment import jpeg_size, random_resized_crop
 from pipeline.data.autoaugment import erase_region
 from pipeline.data.policy_draws import draw_policy
+from pipeline.data.resolution import val_view_geometry
 from pipeline.data.sample_index import SampleIndex
 from pipeline.data.shards import read_array
 from pipeline.data.types import DataError
@@ -60,7 +61,7 @@ class EncodedBatches:
                 try:
                     encoded = read_array(path)
                     problem = _container_problem(encoded)
-                    if not problem and self.train:
+                    if not problem and (self.train or self.cfg.val_view == "torchvision"):
                         size = _image_size(encoded)
                         problem = "" if size else "no image size in the header"
                 except OSError as exc:  # unreadable (permissions, vanished file)
@@ -91,8 +92,12 @@ class EncodedBatches:
                     top, left, height, width = erase_region(seed, self.size, self.cfg.random_erase)
                     anchors.append(np.array([top, left], dtype=np.float32))
                     extents.append(np.array([height, width], dtype=np.float32))
+            elif self.cfg.val_view == "torchvision":  # the view's resize and crop, from the header's size
+                new_w, new_h, left, top = val_view_geometry(self.cfg, *size)
+                starts.append(np.array([left, top], dtype=np.int32))
+                shapes.append(np.array([new_w, new_h], dtype=np.int32))
         if not self.train:
-            return data, labels, flags
+            return (data, labels, flags, shapes, starts) if shapes else (data, labels, flags)
         return tuple(out for out in (data, labels, starts, shapes, flips, flags, policies, anchors, extents) if out)
 
 

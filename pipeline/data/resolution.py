@@ -63,3 +63,17 @@ def size_note(cfg: DataConfig, epoch: int, resumed: bool = False) -> str:
     if not scheduled(cfg) or (epoch > 0 and not resumed and train_size(cfg, epoch - 1) == train_size(cfg, epoch)):
         return ""
     return f"epoch {epoch + 1}: train image size {train_size(cfg, epoch)} px (progressive resizing)"
+
+
+def val_view_geometry(cfg: DataConfig, width: int, height: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of torchvision's Resize then CenterCrop
+    for an image of this size, with v2's own arithmetic: the longer side int(resize x long / short),
+    the crop's corner int(round((side - crop) / 2)) (Python's round: half to even)."""
+    size, resized = val_size(cfg), val_resize_shorter(cfg)
+    if cfg.val_crop_mode == "squash":
+        new_w = new_h = resized
+    elif width <= height:
+        new_w, new_h = resized, int(resized * height / width)
+    else:
+        new_w, new_h = int(resized * width / height), resized
+    return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))

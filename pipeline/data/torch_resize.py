@@ -43,3 +43,24 @@ class TorchResize:
             torch.set_num_threads(threads)
         images = out.permute(0, 3, 1, 2)  # NHWC memory viewed as NCHW: torch's channels_last
         return images if self.channels_last else images.contiguous()
+
+    def resize_crop(self, images, resized: np.ndarray, corners: np.ndarray, size: int) -> torch.Tensor:
+        """data.val_view=torchvision on CPU: each decoded image resized to its (width, height), the
+        size x size square cut at its (left, top), then the batch normalized as in __call__."""
+        n = len(images)
+        if self.staging.shape[0] < n or self.staging.shape[1] != size:
+            self.staging = torch.empty(n, size, size, 3, dtype=torch.uint8)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in __call__: one image per call, DALI's threads decode meanwhile
+        try:
+            for i in range(n):
+                (width, height), (left, top) = resized[i], corners[i]
+                image = torch.from_numpy(np.asarray(images[i])).unsqueeze(0).permute(0, 3, 1, 2)
+                out = torch.nn.functional.interpolate(image, size=(int(height), int(width)), mode=self.mode,
+                                                      antialias=True)[0].permute(1, 2, 0)
+                self.staging[i].copy_(out[top:top + size, left:left + size])
+            out = self.normalize(self.staging[:n])
+        finally:
+            torch.set_num_threads(threads)
+        images = out.permute(0, 3, 1, 2)
+        return images if self.channels_last else images.contiguous()

@@ -40,13 +40,14 @@ def _baseline(root: Path, split: str, batch: int, workers: int, size: int):
     return one_pass
 
 
-def _project(root: Path, split: str, batch: int, workers: int, size: int, backend: str, device: torch.device):
+def _project(root: Path, split: str, batch: int, workers: int, size: int, backend: str, device: torch.device,
+             overrides: list[str]):
     from pipeline.config import load_config
     from pipeline.data import Placement, build_data
 
     cfg = load_config(None, [f"data.path={root}", f"data.backend={backend}", f"data.batch_size={batch}",
                              f"data.workers={workers}", f"data.image_size={size}", "data.scale=[0.08,1.0]",
-                             "data.make_demo=false"])
+                             "data.make_demo=false", *overrides])
     data = build_data(cfg.data, Placement(device, channels_last=True), seed=0)
     loader = data.train if split == "train" else data.val
     epoch = [0]
@@ -73,6 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the project's batches end")
     p.add_argument("--shards", default="", help="the same dataset as WebDataset shards (pipeline prepare shards): "
                                                 "each project backend is also measured on it, in the same run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the project's backends (repeatable), e.g. data.val_view=fast")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -88,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
                 one_pass = _baseline(root, split, args.batch, args.workers, args.image_size)
             else:
                 one_pass = _project(folder, split, args.batch, args.workers, args.image_size, backend.split("/")[0],
-                                    torch.device(args.device))
+                                    torch.device(args.device), args.set)
             one_pass()  # warm-up: page cache, worker start, pipeline build
             rates = []
             for _ in range(args.repeats):
