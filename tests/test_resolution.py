@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.config import ConfigError, load_config
 from pipeline.data import Placement, build_data
-from pipeline.data.resolution import train_sizes
+from pipeline.data.resolution import train_sizes, val_size
 from pipeline.world import WorldInfo
 from pipeline.models import build_model
 from pipeline.models.blurpool import BlurConv2d
@@ -169,3 +169,22 @@ def test_blurpool_keeps_torchvision_strict_loading(name, blurred):
     conv = next(m for m in model.modules() if isinstance(m, BlurConv2d))
     flat = torch.full((1, conv.in_channels, 9, 9), 3.0)
     assert torch.allclose(conv.blur(flat), flat)  # a low-pass filter of unit gain, reflected at the borders
+
+
+@pytest.mark.parametrize("mode", ["center", "squash"])
+def test_val_view_geometry_is_torchvisions_resize_then_center_crop(mode):
+    """data.val_view=torchvision: the sizes and corner the DALI source computes from a header are
+    the ones torchvision's own Resize and CenterCrop produce, odd differences (round half to even) included."""
+    from torchvision.transforms import v2
+
+    from pipeline.data.resolution import val_resize_shorter, val_view_geometry
+
+    cfg = load_config(None, [f"data.val_crop_mode={mode}", "data.image_size=224"]).data
+    size, resized = val_size(cfg), val_resize_shorter(cfg)
+    for width, height in [(500, 375), (375, 500), (333, 500), (501, 377), (640, 427), (257, 256), (256, 999)]:
+        image = torch.arange(width * height, dtype=torch.float64).view(1, height, width)
+        tv = v2.functional.resize(image, resized if mode == "center" else [resized, resized],
+                                  interpolation=v2.InterpolationMode.NEAREST)
+        new_w, new_h, left, top = val_view_geometry(cfg, width, height)
+        assert (tv.shape[2], tv.shape[1]) == (new_w, new_h), (width, height)
+        assert torch.equal(v2.functional.center_crop(tv, size), tv[:, top:top + size, left:left + size]), (width, height)
