@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # On the project's CPU machines these come from local disk; on a GPU cluster keep your own torch.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup train test test-fast bench clean
+.PHONY: setup train test test-fast docs bench clean
 
 $(BIN)/pipeline: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,10 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
+# The manual (docs/, mkdocs.yml) as a site in site/, in strict mode: a broken link or anchor, or a
+# page left out of the navigation, fails the build (tests/test_docs.py runs the same build).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf runs data/demo .pytest_cache
+	rm -rf runs data/demo .pytest_cache site

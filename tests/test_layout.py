@@ -1,4 +1,4 @@
-"""The package's shape (README "Layout"): imports point down the layers, no import circle, short modules."""
+"""The package's shape (docs/architecture.md, "Layout"): imports point down the layers, no import circle, short modules."""
 import ast
 from pathlib import Path
 
