@@ -80,15 +80,17 @@ def test_plan_estimate_follows_the_sizes():
 
 
 def test_ring_allreduce_model():
+    """The bandwidth terms alone (no latency, no slowest-rank wait): tests/test_scaling_model.py has those."""
     gradient = 100e6  # bytes
     assert scaling.allreduce_seconds(gradient, 1, 100) == 0
     # 2(n-1)/n x bytes over the bus bandwidth: 16 ranks at 100 Gbit/s = 12.5 GB/s
     assert scaling.allreduce_seconds(gradient, 16, 100) == pytest.approx(2 * 15 / 16 * 100e6 / 12.5e9)
-    fabric = scaling.Fabric(interconnect_gbps=100, nvlink_gbps=2400, overlap=1.0, bucket_mb=25)
+    bare = {"jitter": 0.0, "hop_latency_us": 0.0, "nvlink_hop_latency_us": 0.0}
+    fabric = scaling.Fabric(interconnect_gbps=100, nvlink_gbps=2400, overlap=1.0, bucket_mb=25, **bare)
     step = scaling.step_seconds(256, 1000.0, gradient, 2, 8, fabric)
     compute, comm = 0.256, 2 * 15 / 16 * 100e6 / 12.5e9
     assert step["exposed_s"] == pytest.approx(max(comm - 2 / 3 * compute, 2 * 15 / 16 * 25 * 2**20 / 12.5e9))
-    no_overlap = scaling.step_seconds(256, 1000.0, gradient, 2, 8, scaling.Fabric(100, 2400, 0.0))
+    no_overlap = scaling.step_seconds(256, 1000.0, gradient, 2, 8, scaling.Fabric(100, 2400, 0.0, **bare))
     assert no_overlap["step_s"] == pytest.approx(compute + comm)
     rows = scaling.scaling_table(256, 1000.0, gradient, 8, [1, 2, 4], 1_000_000, fabric)
     assert [r["gpus"] for r in rows] == [8, 16, 32] and rows[0]["efficiency"] > rows[1]["efficiency"]
