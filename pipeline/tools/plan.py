@@ -147,8 +147,7 @@ def _scaling(cfg: RootConfig, args: argparse.Namespace, rate: tuple[float, int, 
                                  scaling.node_counts(args.nodes), images, fabric)
     for row in rows:
         row.update(image_size=size, gradient_mb=round(gradient_bytes / 2**20, 1))
-        step = scaling.step_seconds(cfg.data.batch_size, per_gpu, gradient_bytes, row["nodes"], args.gpus_per_node, fabric)
-        run, gpus = published_scaling.nearest(row["gpus"], step["allreduce_s"] / step["compute_s"])
+        run, gpus = published_scaling.nearest(row["gpus"], row["allreduce_ms"] / row["compute_ms"])
         published = dict(run.points)[gpus]
         row["basis"] = (f"{run.key} at {gpus} GPUs: published {published:.1%}, this model "
                         f"{published_scaling.predicted(run, gpus):.1%}")

@@ -93,8 +93,7 @@ def fabric_for(run: PublishedRun, **overrides) -> scaling.Fabric:
 
 def predicted(run: PublishedRun, gpus: int, fabric: scaling.Fabric | None = None) -> float:
     """The model's efficiency for `run` at `gpus`, against the run's own baseline."""
-    nodes, gpn = (1, gpus) if gpus <= run.gpus_per_node else (gpus // run.gpus_per_node, run.gpus_per_node)
-    return scaling.efficiency(run.per_gpu_batch, run.per_gpu_rate, 4 * run.params, nodes, gpn,
+    return scaling.efficiency(run.per_gpu_batch, run.per_gpu_rate, 4 * run.params, *scaling.layout(gpus, run.gpus_per_node),
                               fabric or fabric_for(run), run.baseline_gpus)
 
 
@@ -120,9 +119,10 @@ def nearest(gpus: int, comm_to_compute: float) -> tuple[PublishedRun, int]:
 
 
 def _comm_to_compute(run: PublishedRun, gpus: int) -> float:
-    nodes = max(1, gpus // run.gpus_per_node)
-    busbw = run.interconnect_gbps if nodes > 1 else run.nvlink_gbps
-    return scaling.allreduce_seconds(4 * run.params, gpus, busbw) / (run.per_gpu_batch / run.per_gpu_rate)
+    """The same ratio `pipeline plan` passes for a planned job: the model's all-reduce over compute."""
+    step = scaling.step_seconds(run.per_gpu_batch, run.per_gpu_rate, 4 * run.params,
+                                *scaling.layout(gpus, run.gpus_per_node), fabric_for(run))
+    return step["allreduce_s"] / step["compute_s"]
 
 
 def markdown() -> str:

@@ -74,10 +74,16 @@ def latency_seconds(nodes: int, gpus_per_node: int, fabric: Fabric) -> float:
     ranks = nodes * gpus_per_node
     if ranks <= 1:
         return 0.0
-    hop = fabric.hop_latency_us if nodes > 1 else fabric.nvlink_hop_latency_us
-    ring = 2 * (ranks - 1) * hop
+    if nodes == 1:  # a ring over NVLink
+        return 2 * (ranks - 1) * fabric.nvlink_hop_latency_us * 1e-6
+    ring = 2 * (ranks - 1) * fabric.hop_latency_us
     tree = 2 * (math.ceil(math.log2(nodes)) * fabric.hop_latency_us + (gpus_per_node - 1) * fabric.nvlink_hop_latency_us)
-    return min(ring, tree if nodes > 1 else ring) * 1e-6
+    return min(ring, tree) * 1e-6
+
+
+def layout(gpus: int, gpus_per_node: int) -> tuple[int, int]:
+    """(nodes, GPUs per node) for `gpus`: one node while they fit in one."""
+    return (1, gpus) if gpus <= gpus_per_node else (gpus // gpus_per_node, gpus_per_node)
 
 
 def straggler_factor(ranks: int, jitter: float) -> float:
@@ -107,9 +113,8 @@ def efficiency(per_gpu_batch: int, per_gpu_rate: float, gradient_bytes: float, n
                fabric: Fabric, baseline_gpus: int = 1) -> float:
     """img/s on nodes x gpus_per_node over linear scaling from `baseline_gpus` (1, or one node)."""
     step = step_seconds(per_gpu_batch, per_gpu_rate, gradient_bytes, nodes, gpus_per_node, fabric)["step_s"]
-    base_nodes, base_gpn = (1, baseline_gpus) if baseline_gpus <= gpus_per_node else (baseline_gpus // gpus_per_node,
-                                                                                      gpus_per_node)
-    base = step_seconds(per_gpu_batch, per_gpu_rate, gradient_bytes, base_nodes, base_gpn, fabric)["step_s"]
+    base = step_seconds(per_gpu_batch, per_gpu_rate, gradient_bytes, *layout(baseline_gpus, gpus_per_node),
+                        fabric)["step_s"]
     return base / step
 
 
@@ -136,6 +141,7 @@ def scaling_table(per_gpu_batch: int, per_gpu_rate: float, gradient_bytes: float
         rows.append({"nodes": nodes, "gpus": ranks, "img_per_sec": round(img_per_sec, 1),
                      "efficiency": round(img_per_sec / (ranks * per_gpu_rate), 4),
                      "efficiency_range": [round(low, 4), round(high, 4)],
+                     "compute_ms": round(step["compute_s"] * 1e3, 2),
                      "straggler_ms": round(step["straggler_s"] * 1e3, 2),
                      "allreduce_ms": round(step["allreduce_s"] * 1e3, 2),
                      "exposed_ms": round(step["exposed_s"] * 1e3, 2),
